@@ -1,0 +1,72 @@
+"""`ecamp <stage>`: one command line for every stage of the pipeline.
+
+This module stays thin: each stage lives in its own module that defines
+``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.  Heavy
+imports (torch, transformers) happen inside ``run`` so ``ecamp --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (command, module) in the order a user meets them; a module may register sub-commands itself
+COMMANDS: list[tuple[str, str]] = [
+    ("run", "ecamp.pipeline"),
+    ("distill", "ecamp.distill.cli"),
+    ("text", "ecamp.text.cli"),
+    ("tokenizer", "ecamp.text.tokenizer_cli"),
+    ("attention", "ecamp.train.attention"),
+    ("pretrain", "ecamp.train.pretrain"),
+    ("export", "ecamp.train.export"),
+    ("finetune", "ecamp.train.finetune"),
+    ("evaluate", "ecamp.eval.cli"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every available stage registered."""
+    from ecamp import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ecamp",
+        description="ECAMP pre-training for chest X-rays: distill -> attention -> pretrain -> finetune.",
+    )
+    parser.add_argument("--version", action="version", version=f"ecamp {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name == module_name:  # stage not built yet in this checkout
+                continue
+            raise
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        if not p.get_default("func"):
+            p.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ecamp`` console script."""
+    from ecamp.errors import UserError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, FileNotFoundError) as e:
+        print(f"ecamp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ecamp {args.command}: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""ecamp.models."""
