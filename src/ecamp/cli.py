@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ecamp {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"ecamp {args.command}: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
+        print(
+            f"ecamp {args.command}: interrupted; finished work is kept, rerun to resume",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -56,6 +56,8 @@ class ModelConfig:
     text_heads: int = 6
     text_ffn: int = 1536
     pad_token_id: int = 0
+    text_dropout: float = 0.1  # BERT hidden/attention dropout (release: 0.1)
+    text_tie_embeddings: bool = False  # tie MLM decoder to word embeddings (release: untied)
     # objectives and ablation switches (Table 4)
     use_mim: bool = True
     use_mlm: bool = True
@@ -65,7 +67,8 @@ class ModelConfig:
     # release-compatibility switches (SPEC.md section 9); defaults follow the paper
     mim_loss: str = "masked"  # masked (paper/MAE) | release (mean over all pixels, unmasked zeroed)
     sr_guidance: str = "map"  # map (paper Eq. 5) | window (release: 12x12-patch window)
-    sr_window_patches: int = 12
+    sr_window_patches: int = 12  # window side in low-resolution patches
+    sr_window_norm: str = "window"  # window (mean inside it) | image (release: mean over image)
     sr_final_relu: bool = False  # release ends the SR head with a ReLU
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # mim, mlm, sr
     drop_path: float = 0.0
@@ -94,7 +97,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(depth=8),
     # the authors' release: ViT-B/16 with 12 layers and the release's loss choices
     "release": dict(
-        depth=12, mim_loss="release", sr_guidance="window", sr_final_relu=True
+        depth=12,
+        mim_loss="release",
+        sr_guidance="window",
+        sr_window_norm="image",
+        sr_final_relu=True,
     ),
 }
 
@@ -128,6 +135,7 @@ class TextConfig:
     negative_templates: tuple[str, ...] = ("there is no evidence of", "there is no")
     masking_mode: str = "paper"  # paper | release (reproduces the release's dead branch)
     mlm_labels: str = "masked"  # masked (-100 elsewhere, paper) | all (release)
+    assembly: str = "paper"  # paper (insert at a sentence boundary, [CLS] .. [SEP]) | release
 
 
 # --------------------------------------------------------------------------- data
@@ -141,6 +149,8 @@ class DataConfig:
     image_root: str = ""  # relative image paths in the manifest resolve against this
     guidance: str = ""  # attention-map shards from `ecamp attention export`; empty = uniform
     cache: str = ""  # preprocessed image cache folder; empty = decode on the fly
+    cache_size: int = 512  # side of the cached square images (ecamp.data.cache.build_cache)
+    cache_resize: str = "pad"  # pad (keep aspect, zero padding) | squash
     synthetic_n: int = 256  # size of the phantom world when no manifest is given
     synthetic_seed: int = 0
     augment: str = "release"  # release | none
@@ -179,6 +189,8 @@ class TrainConfig:
     tensorboard: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     compile: bool = False
+    drop_last: bool = True  # skip the epoch's tail that does not fill a global batch
+    find_unused_parameters: bool = False  # DDP: set when a config leaves some parameters unused
 
 
 @dataclass
@@ -259,6 +271,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -286,7 +303,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     if cls is ModelConfig and "preset" in data:
         preset = data["preset"]
         if preset not in PRESETS:
-            raise ConfigError(f"{prefix}preset: unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
+            raise ConfigError(
+                f"{prefix}preset: unknown model preset {preset!r}; choose one of {sorted(PRESETS)}"
+            )
         kwargs.update(PRESETS[preset])
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], prefix + name)
@@ -338,7 +357,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
+) -> T:
     """Defaults <- YAML file <- dotted overrides, checked against ``cls``."""
     data = read_yaml(path) if path else {}
     apply_overrides(data, list(overrides or []))

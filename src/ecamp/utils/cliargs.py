@@ -7,7 +7,9 @@ import argparse
 
 def add_config_args(parser: argparse.ArgumentParser, default_output: str | None = None) -> None:
     """``--config FILE``, ``--output DIR`` and trailing ``key.path=value`` overrides."""
-    parser.add_argument("--config", "-c", metavar="FILE", help="YAML config file (any subset of the fields)")
+    parser.add_argument(
+        "--config", "-c", metavar="FILE", help="YAML config file (any subset of the fields)"
+    )
     parser.add_argument(
         "--output",
         "-o",

@@ -9,7 +9,9 @@ from pathlib import Path
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup_logging(output_dir: str | Path | None = None, level: int = logging.INFO, rank: int = 0) -> None:
+def setup_logging(
+    output_dir: str | Path | None = None, level: int = logging.INFO, rank: int = 0
+) -> None:
     """Log to stderr (rank 0 only) and, when given, to ``output_dir/log.txt``."""
     root = logging.getLogger("ecamp")
     root.setLevel(level)

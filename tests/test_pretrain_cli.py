@@ -1,0 +1,55 @@
+"""`ecamp pretrain` as a user runs it: embedded default, outputs, resume, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ecamp.cli import main
+
+FAST = [
+    "data.synthetic_n=24",
+    "train.batch_size=4",
+    "train.progress=false",
+    "train.tensorboard=false",
+]
+
+
+def test_embedded_default_trains_exports_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["pretrain", "--output", str(out), "train.max_steps=2", *FAST]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 2
+    for key in ("loss", "mim", "mlm", "sr"):
+        assert torch.isfinite(torch.tensor(results["last"][key]))
+    assert (out / "config.yaml").is_file() and (out / "phantom" / "manifest.csv").is_file()
+
+    from ecamp.models.checkpoints import load_encoder
+
+    enc = load_encoder(out / "encoder")
+    feats = enc.forward_features(torch.zeros(1, 3, 64, 64))
+    assert feats.shape == (1, 1 + 64, 64)
+
+    # a second run with a larger budget resumes at step 2 instead of starting over
+    assert main(["pretrain", "--output", str(out), "train.max_steps=3", *FAST]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["steps"] == 3
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    steps = [int(r.split(",")[0]) for r in rows[1:]]
+    assert steps == sorted(set(steps)), "resumed run repeated or skipped logged steps"
+
+
+def test_bad_config_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pretrain", "--output", str(tmp_path), "train.lrr=1"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lrr" in err and "Traceback" not in err
+
+
+def test_text_longer_than_the_decoder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["pretrain", "--output", str(tmp_path), "text.max_length=128", *FAST]) == 2
+    assert "max_text_len" in capsys.readouterr().err

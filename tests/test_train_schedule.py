@@ -1,0 +1,102 @@
+"""Learning-rate schedule and the loop's resumable, world-size-independent sampling."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ecamp.errors import UserError
+from ecamp.train.loop import ShardedBatchSampler, derive_seeds, resolve_precision
+from ecamp.train.schedule import WarmupCosine, cosine_lr
+
+
+def test_cosine_lr_key_steps() -> None:
+    base, lo, warm, total = 1.0, 0.1, 10, 110
+    assert cosine_lr(0, base, lo, warm, total) == 0.0
+    assert cosine_lr(5, base, lo, warm, total) == pytest.approx(0.5)
+    assert cosine_lr(10, base, lo, warm, total) == pytest.approx(1.0)
+    assert cosine_lr(60, base, lo, warm, total) == pytest.approx((1.0 + 0.1) / 2)
+    assert cosine_lr(110, base, lo, warm, total) == pytest.approx(0.1)
+    assert cosine_lr(500, base, lo, warm, total) == pytest.approx(0.1)
+    # monotone decay after warm-up
+    vals = [cosine_lr(s, base, lo, warm, total) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(vals, vals[1:]))
+    # no warm-up starts at the peak
+    assert cosine_lr(0, base, 0.0, 0, 100) == pytest.approx(1.0)
+
+
+def test_scheduler_keeps_group_ratios() -> None:
+    p1, p2 = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([{"params": [p1], "lr": 1e-3}, {"params": [p2], "lr": 1e-4}], lr=1e-3)
+    sched = WarmupCosine(opt, base_lr=1e-3, min_lr=0.0, warmup_steps=4, total_steps=20)
+    assert sched.apply(2) == pytest.approx(5e-4)
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+    assert opt.param_groups[1]["lr"] == pytest.approx(5e-5)
+    # warm-up longer than the run is clamped
+    assert WarmupCosine(opt, 1e-3, 0.0, 50, 20).warmup_steps == 20
+
+
+def _epoch_items(
+    n: int, batch: int, world: int, epoch: int, start: int = 0
+) -> list[list[list[tuple[int, int]]]]:
+    per_rank = []
+    for r in range(world):
+        s = ShardedBatchSampler(n, batch, world_size=world, rank=r, seed=3)
+        s.set_epoch(epoch, start)
+        per_rank.append(list(s))
+    return per_rank
+
+
+def test_global_batch_independent_of_world_size() -> None:
+    one = _epoch_items(50, 8, 1, epoch=2)[0]
+    two = _epoch_items(50, 4, 2, epoch=2)
+    assert len(one) == len(two[0]) == len(two[1]) == 50 // 8
+    for j, b in enumerate(one):
+        assert b == two[0][j] + two[1][j]  # same indices and same per-item seeds
+    idx = [i for b in one for i, _ in b]
+    assert len(set(idx)) == len(idx)  # no repeats inside an epoch
+
+
+def test_epochs_differ_and_resume_position() -> None:
+    e0 = _epoch_items(40, 5, 1, epoch=0)[0]
+    e1 = _epoch_items(40, 5, 1, epoch=1)[0]
+    assert e0 != e1
+    assert _epoch_items(40, 5, 1, epoch=1, start=3)[0] == e1[3:]
+    s = ShardedBatchSampler(40, 5)
+    s.set_epoch(0, 3)
+    assert len(s) == 5
+
+
+def test_no_drop_last_covers_every_sample() -> None:
+    per_rank = []
+    for r in range(2):
+        s = ShardedBatchSampler(11, 4, world_size=2, rank=r, seed=0, drop_last=False)
+        s.set_epoch(0)
+        per_rank.append(list(s))
+    assert len(per_rank[0]) == len(per_rank[1]) == 2
+    assert [len(b) for b in per_rank[0]] == [len(b) for b in per_rank[1]]  # ranks stay in step
+    seen = {i for rank in per_rank for b in rank for i, _ in b}
+    assert seen == set(range(11))
+
+
+def test_derive_seeds_spread() -> None:
+    s = derive_seeds(0, 0, np.arange(10000))
+    assert len(np.unique(s)) == 10000
+    assert (s < 2**63).all()
+    assert not np.array_equal(s, derive_seeds(0, 1, np.arange(10000)))
+    assert not np.array_equal(s, derive_seeds(1, 0, np.arange(10000)))
+
+
+def test_precision_resolution_on_cpu() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) is None
+    assert resolve_precision("bf16", cpu) is torch.bfloat16
+    assert resolve_precision("fp32", cpu) is None
+    with pytest.raises(UserError, match="fp16"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(UserError, match="choose"):
+        resolve_precision("half-ish", cpu)
+    assert math.isfinite(cosine_lr(3, 1.0, 0.0, 0, 0))
