@@ -17,6 +17,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("distill", "ecamp.distill.cli"),
     ("text", "ecamp.text.cli"),
     ("tokenizer", "ecamp.text.tokenizer_cli"),
+    ("mimic", "ecamp.data.sources.mimic_cxr"),
+    ("cache", "ecamp.data.cache"),
     ("attention", "ecamp.train.attention"),
     ("pretrain", "ecamp.train.pretrain"),
     ("export", "ecamp.train.export"),

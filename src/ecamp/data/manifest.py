@@ -1,0 +1,192 @@
+"""The one table every dataset becomes.
+
+A *pre-training manifest* has one row per image:
+
+=============  =====================================================================
+column         meaning
+=============  =====================================================================
+id             unique string key of the image (MIMIC: the dicom_id)
+image          image path, absolute or relative to an image root (see below)
+report         report text used for MLM (MIMIC: FINDINGS + IMPRESSION); never empty
+distilled      distilled report (SPEC section 1); may be empty
+study_id       the report/study the image belongs to (several images may share one)
+split          train | validate | test
+guidance_id    optional key into a guidance store (defaults to ``id``)
+=============  =====================================================================
+
+``id``, ``image`` and ``report`` are required; ``distilled`` defaults to "", ``study_id`` to
+the id and ``split`` to "train".  Split names ``val``/``valid``/``validation`` are read as
+``validate``.  Extra columns (labels, boxes, masks of the downstream tasks) are kept.
+
+Tables are CSV (``.csv``, ``.csv.gz``), JSON lines (``.jsonl``, ``.jsonl.gz``) or Parquet
+(``.parquet``), chosen by extension.  :func:`read_table` records the table's folder in
+``df.attrs["root"]`` so relative image paths can be resolved without extra arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from ecamp.errors import DataError, UserError
+from ecamp.utils.io import atomic_write
+from ecamp.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("id", "image", "report")
+PRETRAIN_COLUMNS: tuple[str, ...] = ("id", "image", "report", "distilled", "study_id", "split")
+SPLITS: tuple[str, ...] = ("train", "validate", "test")
+_SPLIT_ALIASES = {
+    "val": "validate",
+    "valid": "validate",
+    "validation": "validate",
+    "dev": "validate",
+}
+# string columns that must never be parsed as numbers (ids like "00012" keep their zeros)
+_STR_COLUMNS = ("id", "image", "report", "distilled", "study_id", "split", "guidance_id")
+
+
+def _kind(path: Path) -> str:
+    name = path.name.lower()
+    for ext, kind in (
+        (".csv", "csv"),
+        (".csv.gz", "csv"),
+        (".jsonl", "jsonl"),
+        (".jsonl.gz", "jsonl"),
+    ):
+        if name.endswith(ext):
+            return kind
+    if name.endswith(".parquet") or name.endswith(".pq"):
+        return "parquet"
+    raise UserError(
+        f"{path}: unknown table format; use .csv, .csv.gz, .jsonl, .jsonl.gz or .parquet"
+    )
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV / JSONL / Parquet table (by extension); id-like columns stay strings."""
+    p = Path(path)
+    kind = _kind(p)
+    if not p.is_file():
+        raise UserError(f"manifest {p} does not exist")
+    try:
+        if kind == "csv":
+            dtypes = dict.fromkeys(_STR_COLUMNS, str)
+            df = pd.read_csv(p, dtype=dtypes, keep_default_na=False, na_values=[""])
+        elif kind == "jsonl":
+            df = pd.read_json(p, lines=True, dtype=False)
+        else:
+            df = pd.read_parquet(p)
+    except (ValueError, OSError, pd.errors.ParserError) as e:
+        raise DataError(f"manifest {p} cannot be read as {kind}: {e}") from None
+    df.attrs["source"] = str(p)
+    df.attrs["root"] = str(p.resolve().parent)
+    return df
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``df`` as CSV / JSONL / Parquet (by extension), atomically."""
+    p = Path(path)
+    kind = _kind(p)
+    out = df.reset_index(drop=True)
+    compression = "gzip" if p.name.lower().endswith(".gz") else None
+
+    def write(tmp: str) -> None:
+        if kind == "csv":
+            out.to_csv(tmp, index=False, compression=compression)
+        elif kind == "jsonl":
+            out.to_json(
+                tmp, orient="records", lines=True, force_ascii=False, compression=compression
+            )
+        else:
+            out.to_parquet(tmp, index=False)
+
+    return atomic_write(p, write)
+
+
+def require_columns(df: pd.DataFrame, columns: Sequence[str], source: str | None = None) -> None:
+    """Raise a :class:`UserError` naming the file, the missing column and the present ones."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        src = source or df.attrs.get("source", "<table>")
+        raise UserError(
+            f"manifest {src} lacks required column(s) {', '.join(repr(m) for m in missing)}; "
+            f"columns present: {', '.join(map(str, df.columns)) or '(none)'}"
+        )
+
+
+def normalize_split(value: object) -> str:
+    """Map a split name onto train / validate / test (``val`` and friends -> ``validate``)."""
+    s = str(value).strip().lower()
+    s = _SPLIT_ALIASES.get(s, s)
+    if s not in SPLITS:
+        raise ValueError(s)
+    return s
+
+
+def _blank(series: pd.Series) -> pd.Series:
+    return series.isna() | (series.astype(str).str.strip() == "")
+
+
+def validate_pretrain(
+    df: pd.DataFrame, source: str | None = None, bad_rows: str = "fail"
+) -> pd.DataFrame:
+    """Check and normalise a pre-training manifest; return a cleaned copy.
+
+    Missing required columns and duplicate ids always raise.  Rows with an empty/NaN report
+    or image path raise a :class:`DataError` listing their row numbers when ``bad_rows`` is
+    ``"fail"``; with ``"skip"`` they are dropped and logged.
+    """
+    src = source or df.attrs.get("source", "<table>")
+    require_columns(df, REQUIRED_COLUMNS, src)
+    out = df.copy()
+    out.attrs = dict(df.attrs)
+    bad = _blank(out["report"]) | _blank(out["image"]) | _blank(out["id"])
+    if bad.any():
+        rows = [int(i) for i in out.index[bad]]
+        shown = ", ".join(map(str, rows[:20])) + (" ..." if len(rows) > 20 else "")
+        msg = f"manifest {src}: {len(rows)} row(s) with an empty id, image or report (rows {shown})"
+        if bad_rows == "fail":
+            raise DataError(msg + "; fix them or set data.bad_rows=skip")
+        log.warning("%s; skipped", msg)
+        out = out.loc[~bad]
+    out["id"] = out["id"].astype(str)
+    dup = out["id"].duplicated(keep=False)
+    if dup.any():
+        ids = sorted(set(out.loc[dup, "id"]))[:10]
+        raise DataError(f"manifest {src}: duplicate id(s) {ids}; ids must be unique")
+    out["image"] = out["image"].astype(str)
+    out["report"] = out["report"].astype(str)
+    out["distilled"] = (
+        out["distilled"].where(~_blank(out["distilled"]), "").astype(str)
+        if "distilled" in out.columns
+        else ""
+    )
+    out["study_id"] = out["study_id"].astype(str) if "study_id" in out.columns else out["id"]
+    if "split" in out.columns:
+        try:
+            out["split"] = [normalize_split(s) for s in out["split"]]
+        except ValueError as e:
+            raise DataError(
+                f"manifest {src}: unknown split {e.args[0]!r}; use one of {', '.join(SPLITS)}"
+            ) from None
+    else:
+        out["split"] = "train"
+    return out.reset_index(drop=True)
+
+
+def load_pretrain_manifest(path: str | Path, bad_rows: str = "fail") -> pd.DataFrame:
+    """:func:`read_table` + :func:`validate_pretrain`."""
+    df = read_table(path)
+    return validate_pretrain(df, str(path), bad_rows=bad_rows)
+
+
+def resolve_image(image: str, root: str | Path | None) -> Path:
+    """An image path from a manifest, resolved against ``root`` when relative."""
+    p = Path(image)
+    if p.is_absolute() or not root:
+        return p
+    return Path(root) / p

@@ -1,0 +1,226 @@
+"""The pre-training dataset, its seeded sampler and its collator.
+
+A sample is a dict::
+
+    image_hr          (3, hr, hr) float32, augmented and normalised (SPEC section 2)
+    report, distilled str ("" when there is no distilled report)
+    id                str
+    _seed             int: the seed that drew this sample's augmentation (and, in the
+                      collator, its text masking), so a resumed run repeats it exactly
+    guidance          (1, hr, hr) float32 map following the same crop/flip   } only with a
+    guidance_window   (2,) long (row, col) as stored (release: not cropped)  } guidance store
+
+``dataset[i]`` draws a fresh seed from torch's RNG; ``dataset[(i, seed)]`` is reproducible.
+:class:`SeededSampler` yields such pairs from (seed, epoch) so a training loop can resume
+mid-epoch at the same samples with the same augmentation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ecamp.config import DataConfig
+from ecamp.data.cache import ImageCache
+from ecamp.data.images import augment_pretrain, content_box, crop_map, load_image
+from ecamp.data.manifest import resolve_image, validate_pretrain
+from ecamp.errors import DataError
+from ecamp.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+_MAX_SUBSTITUTES = 64
+
+
+@runtime_checkable
+class GuidanceStore(Protocol):
+    """Per-image SR guidance: a 2-D map over the whole image, a (row, col) window, or None.
+
+    ``kind`` ("map" or "window") says what an id without guidance gets: a uniform map of ones,
+    or the window (-1, -1) meaning "no window, use the whole image".
+    """
+
+    kind: str
+
+    def get(self, key: str) -> np.ndarray | tuple[int, int] | None: ...
+
+
+class PretrainDataset(Dataset):
+    """Images + reports of a pre-training manifest (see :mod:`ecamp.data.manifest`)."""
+
+    def __init__(
+        self,
+        manifest: pd.DataFrame,
+        cfg: DataConfig,
+        hr_size: int,
+        image_root: str | Path | None = None,
+        cache: ImageCache | str | Path | None = None,
+        guidance: GuidanceStore | None = None,
+    ):
+        df = validate_pretrain(manifest, bad_rows=cfg.bad_rows)
+        self.cfg = cfg
+        self.hr_size = int(hr_size)
+        root = image_root or cfg.image_root or manifest.attrs.get("root")
+        self.ids: list[str] = df["id"].tolist()
+        self.paths: list[Path] = [resolve_image(p, root) for p in df["image"]]
+        self.reports: list[str] = df["report"].tolist()
+        self.distilled: list[str] = df["distilled"].tolist()
+        gcol = df["guidance_id"] if "guidance_id" in df.columns else df["id"]
+        self.guidance_ids: list[str] = [str(g) if g == g else i for g, i in zip(gcol, self.ids)]
+        if isinstance(cache, (str, Path)):
+            cache = ImageCache(cache) if str(cache) else None
+        self.cache = cache
+        self.guidance = guidance
+        self.bad_ids: set[str] = set()
+        self.substitutions = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _image(self, i: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """The image of row ``i`` and the box its original content covers in that frame."""
+        key = self.ids[i]
+        if self.cache is not None:
+            if key in self.cache.failed:
+                raise DataError(f"image {self.paths[i]} (id {key}): {self.cache.failed[key]}")
+            img = self.cache.get(key)
+            if img is not None:
+                h, w = self.cache.shapes.get(key, (self.cache.size, self.cache.size))
+                return img, content_box(h, w, self.cache.size, self.cache.resize)
+        img = load_image(self.paths[i])
+        return img, (0, 0, img.shape[0], img.shape[1])
+
+    def _build(self, i: int, seed: int) -> dict[str, Any]:
+        img, box = self._image(i)
+        cfg = self.cfg
+        image_hr, params = augment_pretrain(
+            img,
+            self.hr_size,
+            seed,
+            (cfg.crop_scale[0], cfg.crop_scale[1]),
+            cfg.mean,
+            cfg.std,
+            cfg.augment,
+        )
+        sample: dict[str, Any] = {
+            "image_hr": image_hr,
+            "report": self.reports[i],
+            "distilled": self.distilled[i],
+            "id": self.ids[i],
+            "_seed": int(seed),
+        }
+        if self.guidance is not None:
+            g = self.guidance.get(self.guidance_ids[i])
+            kind = getattr(self.guidance, "kind", "map")
+            if isinstance(g, np.ndarray) and g.ndim >= 2:
+                sample["guidance"] = crop_map(g, params, self.hr_size, box)
+            elif g is not None:
+                sample["guidance_window"] = torch.as_tensor(
+                    [int(g[0]), int(g[1])], dtype=torch.long
+                )
+            elif kind == "window":
+                sample["guidance_window"] = torch.tensor([-1, -1], dtype=torch.long)
+            else:
+                sample["guidance"] = torch.ones(1, self.hr_size, self.hr_size)
+        return sample
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(item, tuple):
+            index, seed = int(item[0]), int(item[1])
+        else:
+            index, seed = int(item), int(torch.randint(0, 2**31 - 1, ()).item())
+        n = len(self)
+        for step in range(min(n, _MAX_SUBSTITUTES)):
+            j = (index + step) % n
+            try:
+                return self._build(j, seed)
+            except DataError as e:
+                if self.cfg.bad_rows == "fail":
+                    raise
+                self.substitutions += 1
+                if self.ids[j] not in self.bad_ids:
+                    self.bad_ids.add(self.ids[j])
+                    log.warning("skipping bad row %d (%s); using the next sample instead", j, e)
+        raise DataError(
+            f"{_MAX_SUBSTITUTES} consecutive manifest rows from row {index} have unreadable images; "
+            "check image_root and the image files"
+        )
+
+
+class SeededSampler(Sampler):
+    """Yields ``(index, seed)`` pairs: a permutation and per-sample seeds from (seed, epoch).
+
+    With ``world_size`` > 1 each rank takes every ``world_size``-th pair (the permutation is
+    padded by wrapping so all ranks get as many).  ``set_epoch(epoch, start)`` skips the first
+    ``start`` pairs of this rank, for resuming mid-epoch.
+    """
+
+    def __init__(
+        self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1
+    ):
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = int(epoch), int(start)
+
+    def _pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        seeds = rng.integers(0, 2**31 - 1, size=self.n)
+        per_rank = -(-self.n // self.world_size)
+        take = np.arange(per_rank * self.world_size) % self.n
+        sel = take[self.rank :: self.world_size]
+        return order[sel], seeds[sel]
+
+    def __len__(self) -> int:
+        return max(0, -(-self.n // self.world_size) - self.start)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order, seeds = self._pairs()
+        return iter(list(zip(order[self.start :].tolist(), seeds[self.start :].tolist())))
+
+
+class PretrainCollator:
+    """Stack images (and guidance), and turn the texts into MLM inputs with ``text_batcher``.
+
+    ``text_batcher(reports, distilled, rng)`` returns a dict of tensors (``input_ids``,
+    ``attention_mask``, ``mlm_labels``, ``mlm_weights``); its ``rng`` is seeded from the
+    samples' ``_seed`` values, so the text masking of a batch is reproducible too.
+    """
+
+    def __init__(self, text_batcher: Any):
+        self.text_batcher = text_batcher
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        if not samples:
+            raise ValueError("PretrainCollator got an empty batch")
+        batch: dict[str, Any] = {"image_hr": torch.stack([s["image_hr"] for s in samples])}
+        for key in ("guidance", "guidance_window"):
+            present = [key in s for s in samples]
+            if all(present):
+                batch[key] = torch.stack([s[key] for s in samples])
+            elif any(present):
+                raise ValueError(f"some samples of the batch have {key!r} and some do not")
+        seeds = [int(s["_seed"]) for s in samples]
+        rng = np.random.default_rng(seeds)
+        reports = [s["report"] for s in samples]
+        distilled = [s["distilled"] or None for s in samples]
+        batch.update(self.text_batcher(reports, distilled, rng))
+        batch["id"] = [s["id"] for s in samples]
+        batch["_seed"] = torch.tensor(seeds, dtype=torch.long)
+        return batch
+
+
+def make_collator(text_cfg: Any, **kwargs: Any) -> PretrainCollator:
+    """A :class:`PretrainCollator` around ``ecamp.text.masking.TextBatcher(text_cfg, **kwargs)``."""
+    from ecamp.text.masking import TextBatcher  # lazy: the text package is optional here
+
+    return PretrainCollator(TextBatcher(text_cfg, **kwargs))
