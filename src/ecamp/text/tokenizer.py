@@ -1,0 +1,88 @@
+"""Load the release's WordPiece tokenizer (default) or train a new one with ``tokenizers``.
+
+The bundled ``mimic_wordpiece.json`` is the authors' tokenizer (30,000 tokens, lower case,
+[PAD]=0 [UNK]=1 [CLS]=2 [MASK]=3 [SEP]=4).  A newly trained tokenizer gets the same special
+tokens in the same order, the same normaliser and pre-tokeniser, so ids of the special
+tokens never change between the two.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+
+import tokenizers
+from tokenizers import normalizers, pre_tokenizers, trainers
+from tokenizers.models import WordPiece
+
+from ecamp.errors import UserError
+from ecamp.utils.io import atomic_write_text
+
+SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[MASK]", "[SEP]")
+BUNDLED = "mimic"
+
+
+def _bundled_json() -> str:
+    return resources.files("ecamp.resources").joinpath("mimic_wordpiece.json").read_text("utf-8")
+
+
+def load_tokenizer(name_or_path: str = BUNDLED) -> tokenizers.Tokenizer:
+    """The bundled release tokenizer (``"mimic"``) or a ``tokenizers`` JSON file.
+
+    Raises :class:`UserError` when the file is missing, not a tokenizer JSON, not a
+    WordPiece model, or lacks one of the special tokens.
+    """
+    if name_or_path == BUNDLED:
+        text = _bundled_json()
+        where = "bundled mimic_wordpiece.json"
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise UserError(
+                f"tokenizer file {path} not found; give a tokenizers JSON file or 'mimic' "
+                "for the bundled one (train one with `ecamp tokenizer train`)"
+            )
+        text = path.read_text("utf-8", errors="replace")
+        where = str(path)
+    try:
+        model_type = json.loads(text).get("model", {}).get("type")
+        tok = tokenizers.Tokenizer.from_str(text)
+    except Exception as e:  # json / tokenizers parse errors have many types
+        raise UserError(f"{where} is not a tokenizers JSON file: {e}") from e
+    if model_type != "WordPiece":
+        raise UserError(
+            f"{where} holds a {model_type} model; ecamp's masking needs a WordPiece tokenizer "
+            "('##' continuation pieces), e.g. one from `ecamp tokenizer train`"
+        )
+    missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
+    if missing:
+        raise UserError(f"{where} lacks the special tokens {missing}")
+    return tok
+
+
+def train_wordpiece(
+    texts: Iterable[str], vocab_size: int, out_path: str | Path, min_frequency: int = 2
+) -> tokenizers.Tokenizer:
+    """Train a WordPiece tokenizer like the release's and save it (atomically) as JSON."""
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise UserError(f"--vocab-size {vocab_size} is too small; give at least a few hundred")
+    tok = tokenizers.Tokenizer(WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.Lowercase(), normalizers.NFKD(), normalizers.StripAccents()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=False)]
+    )
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        continuing_subword_prefix="##",
+    )
+    tok.train_from_iterator((t for t in texts if t and t.strip()), trainer=trainer)
+    if tok.get_vocab_size() <= len(SPECIAL_TOKENS):
+        raise UserError("no text to train the tokenizer on (every report is empty)")
+    atomic_write_text(out_path, tok.to_str(pretty=True))
+    return tok
