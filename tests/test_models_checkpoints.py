@@ -1,0 +1,174 @@
+"""Checkpoint loading (ImageNet init, the authors' release) and timm export."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from ecamp.config import model_config
+from ecamp.errors import UserError
+from ecamp.models.checkpoints import (
+    export_encoder,
+    init_encoder,
+    load_encoder,
+    load_release_checkpoint,
+    load_release_encoder,
+    map_release_state_dict,
+    read_state_dict,
+    release_target,
+)
+from ecamp.models.ecamp import ECAMPModel
+from ecamp.models.vit import MAEEncoder
+
+TSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "release_state_dict_keys.tsv"
+
+
+def release_keys() -> list[tuple[str, tuple[int, ...]]]:
+    if not TSV.is_file():
+        pytest.skip(f"{TSV} not available")
+    rows = []
+    for line in TSV.read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, shape = line.split("\t")
+            rows.append((key, tuple(ast.literal_eval(shape))))
+    return rows
+
+
+def fake_release_state(rows) -> dict[str, torch.Tensor]:
+    # one distinct constant per key: cheap at 183M values, and a mix-up shows as a wrong value
+    sd = {k: torch.full(s, float(i)) for i, (k, s) in enumerate(rows)}
+    # the release stores its prediction bias twice (one tied tensor)
+    sd["bert_encoder.model.cls.predictions.decoder.bias"] = sd[
+        "bert_encoder.model.cls.predictions.bias"
+    ].clone()
+    return sd
+
+
+def test_every_release_key_has_a_rule():
+    rows = release_keys()
+    assert len(rows) == 350
+    targets = {}
+    for key, _ in rows:
+        target, _rule = release_target(key)  # raises KeyError on a key without a rule
+        targets[key] = target
+    assert sum(t is None for t in targets.values()) == 2  # the unused BERT pooler
+
+
+@pytest.fixture(scope="module")
+def release_model_and_state():
+    rows = release_keys()
+    torch.manual_seed(0)
+    return ECAMPModel(model_config("release")), fake_release_state(rows), rows
+
+
+def test_release_checkpoint_fills_every_tensor(release_model_and_state):
+    model, sd, rows = release_model_and_state
+    report = load_release_checkpoint(model, sd)
+    assert len(report.mapped) + len(report.dropped) + len(report.tied) == len(rows)
+    own = model.state_dict()
+    for src, dst in report.mapped.items():
+        assert torch.equal(own[dst], sd[src]), (src, dst)
+    assert report.mapped["bert_mlp.weight"] == "vision_proj.weight"
+    assert report.mapped["blocks.11.attn.qkv.weight"] == "encoder.blocks.11.attn.qkv.weight"
+    assert (
+        report.mapped["bert_encoder.model.bert.context_fusion_layer.gap_mlp.weight"]
+        == "fusion.gap_mlp.weight"
+    )
+    # its encoder alone, in a plain timm ViT, holds the model's encoder tensors
+    vit_sd = load_release_encoder(sd).state_dict()
+    enc_sd = model.encoder.state_dict()
+    assert set(vit_sd) == set(enc_sd)
+    assert all(torch.equal(vit_sd[k], enc_sd[k]) for k in enc_sd)
+
+
+def test_release_mapping_fails_loudly(release_model_and_state):
+    model, sd, _ = release_model_and_state
+    own = model.state_dict()
+    with pytest.raises(UserError, match="no place"):
+        map_release_state_dict({**sd, "extra.weight": torch.zeros(1)}, own)
+    with pytest.raises(UserError, match="shape"):
+        map_release_state_dict({**sd, "norm.weight": torch.zeros(5)}, own)
+    missing = dict(sd)
+    del missing["decoder_pred.bias"]
+    with pytest.raises(UserError, match="decoder.decoder_pred.bias"):
+        map_release_state_dict(missing, own)
+    untied = {**sd, "bert_encoder.model.cls.predictions.decoder.bias": torch.zeros(30000)}
+    with pytest.raises(UserError, match="tied"):
+        map_release_state_dict(untied, own)
+    with pytest.raises(UserError):  # a paper-preset model (8 layers) cannot hold it
+        map_release_state_dict(sd, {k: v for k, v in own.items() if ".blocks.11." not in k})
+
+
+def test_export_loads_in_timm_with_same_features(tmp_path):
+    cfg = model_config("tiny")
+    model = ECAMPModel(cfg).eval()
+    path = export_encoder(model, tmp_path, extra={"mean": 0.4721})
+    assert path.name == "encoder.safetensors" and (tmp_path / "encoder.json").is_file()
+    x = torch.randn(2, 3, cfg.img_size, cfg.img_size)
+    vit = timm.create_model(
+        "vit_base_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        checkpoint_path=str(path),
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+    ).eval()
+    again = load_encoder(tmp_path).eval()
+    with torch.no_grad():
+        ref = model.encoder.forward_features(x)
+        assert torch.allclose(vit.forward_features(x), ref, atol=1e-6)
+        assert torch.allclose(again.forward_features(x), ref, atol=1e-6)
+
+
+def test_init_encoder_from_imagenet_style_checkpoints(tmp_path):
+    cfg = model_config("tiny")
+    src = timm.create_model(
+        "vit_base_patch16_224",
+        pretrained=False,
+        num_classes=10,
+        img_size=32,
+        patch_size=cfg.patch_size,
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+    )
+    sd = {f"module.{k}": v for k, v in src.state_dict().items()}
+    sd["decoder_embed.weight"] = torch.zeros(3, 3)
+    # MAE-style files keep their argparse arguments beside the weights
+    torch.save({"model": sd, "args": argparse.Namespace(lr=1e-4, data="x")}, tmp_path / "mae.pth")
+    enc = MAEEncoder(cfg)
+    pos_before = enc.pos_embed.detach().clone()
+    report = init_encoder(enc, tmp_path / "mae.pth")
+    assert torch.equal(enc.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
+    assert torch.equal(enc.pos_embed, pos_before)  # fixed sin-cos kept by default
+    assert set(report.unexpected) == {"head.weight", "head.bias", "decoder_embed.weight"}
+    assert report.skipped == ["pos_embed"] and not report.missing
+    # the 4x4 grid is resampled to the encoder's 8x8 grid on request
+    from safetensors.torch import save_file
+
+    save_file({k[7:]: v.contiguous() for k, v in sd.items()}, str(tmp_path / "vit.safetensors"))
+    report = init_encoder(enc, tmp_path / "vit.safetensors", load_pos_embed=True)
+    assert report.resized == ["pos_embed"] and enc.pos_embed.shape == pos_before.shape
+    big = dataclasses.replace(cfg, embed_dim=96, num_heads=4)
+    with pytest.raises(UserError, match="shape"):
+        init_encoder(MAEEncoder(big), tmp_path / "vit.safetensors")
+
+
+def test_read_state_dict_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        read_state_dict(tmp_path / "none.pth")
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot read"):
+        read_state_dict(tmp_path / "bad.pth")
+    torch.save({"epoch": 1}, tmp_path / "nostate.pth")
+    with pytest.raises(UserError, match="no state dict"):
+        read_state_dict(tmp_path / "nostate.pth")

@@ -1,0 +1,158 @@
+"""The composed ECAMP network: losses, ablation switches, overfitting one batch."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ecamp.config import model_config
+from ecamp.errors import UserError
+from ecamp.models.ecamp import ECAMPModel
+
+
+def tiny(**kw):
+    return dataclasses.replace(model_config("tiny"), text_dropout=0.0, vocab_size=64, **kw)
+
+
+def make_batch(cfg, n=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    L = cfg.max_text_len
+    ids = torch.randint(4, cfg.vocab_size, (n, L), generator=g)
+    lab = ids.clone()
+    lab[torch.rand(n, L, generator=g) < 0.4] = -100
+    am = torch.ones(n, L, dtype=torch.long)
+    am[1, L // 2 :] = 0
+    lab[1, L // 2 :] = -100
+    # smooth images so a tiny model can fit them in a few steps
+    base = torch.rand(n, 3, 8, 8, generator=g)
+    img = torch.nn.functional.interpolate(
+        base, size=cfg.hr_size, mode="bilinear", align_corners=False
+    )
+    return {
+        "image_hr": (img - 0.5) / 0.3,
+        "input_ids": ids,
+        "attention_mask": am,
+        "mlm_labels": lab,
+        "mlm_weights": torch.ones(n, L),
+    }
+
+
+def test_forward_returns_named_scalar_losses():
+    cfg = tiny()
+    model = ECAMPModel(cfg)
+    out = model(make_batch(cfg))
+    assert set(out) == {"loss", "mim", "mlm", "sr"}
+    assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
+    assert torch.allclose(out["loss"], out["mim"] + out["mlm"] + out["sr"])
+
+
+def test_loss_weights():
+    cfg = tiny(loss_weights=(2.0, 0.5, 0.0))
+    out = ECAMPModel(cfg)(make_batch(cfg))
+    assert torch.allclose(out["loss"], 2 * out["mim"] + 0.5 * out["mlm"])
+
+
+def _param_names(cfg):
+    return {n for n, _ in ECAMPModel(cfg).named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "switch,losses,prefixes",
+    [
+        ({"use_mim": False}, {"mlm", "sr"}, set()),  # decoder stays: SR needs it
+        ({"use_sr": False}, {"mim", "mlm"}, {"super_res."}),
+        ({"use_mlm": False}, {"mim", "sr"}, {"text.", "fusion.", "vision_proj."}),
+        (
+            {"use_mlm": False, "use_sr": False},
+            {"mim"},
+            {"text.", "fusion.", "vision_proj.", "super_res."},
+        ),
+        ({"use_mim": False, "use_sr": False}, {"mlm"}, {"decoder.", "super_res."}),
+        ({"fusion_global": False}, {"mim", "mlm", "sr"}, {"fusion.gap_mlp."}),
+        ({"fusion_local": False}, {"mim", "mlm", "sr"}, {"fusion.cross_self_attention."}),
+    ],
+)
+def test_each_switch_changes_only_its_part(switch, losses, prefixes):
+    full_cfg, cfg = tiny(), tiny(**switch)
+    out = ECAMPModel(cfg)(make_batch(cfg))
+    assert set(out) == {"loss"} | losses
+    removed = _param_names(full_cfg) - _param_names(cfg)
+    assert all(n.startswith(tuple(prefixes)) for n in removed)
+    for p in prefixes:
+        assert any(n.startswith(p) for n in removed), p
+    assert not (_param_names(cfg) - _param_names(full_cfg))
+
+
+def test_fusion_switch_changes_only_mlm():
+    batch = make_batch(tiny())
+    outs = []
+    for fg in (True, False):
+        torch.manual_seed(0)
+        model = ECAMPModel(tiny(fusion_global=fg))
+        torch.manual_seed(1)
+        outs.append(model(batch))
+    assert torch.allclose(outs[0]["mim"], outs[1]["mim"])
+    assert torch.allclose(outs[0]["sr"], outs[1]["sr"])
+    assert not torch.allclose(outs[0]["mlm"], outs[1]["mlm"])
+
+
+def test_sr_guidance_is_used():
+    cfg = tiny()
+    model = ECAMPModel(cfg)
+    batch = make_batch(cfg)
+    g = torch.zeros(2, 1, cfg.hr_size, cfg.hr_size)
+    g[:, :, :16, :16] = 1
+    torch.manual_seed(0)
+    plain = model(batch)["sr"]
+    torch.manual_seed(0)
+    guided = model({**batch, "guidance": g})["sr"]
+    assert not torch.allclose(plain, guided)
+    wcfg = tiny(sr_guidance="window")
+    wmodel = ECAMPModel(wcfg)
+    torch.manual_seed(0)
+    a = wmodel({**batch, "guidance_window": torch.tensor([[-1, -1], [-1, -1]])})["sr"]
+    torch.manual_seed(0)
+    b = wmodel(batch)["sr"]
+    assert torch.allclose(a, b)  # -1 means no window = no guidance
+
+
+def test_reconstruct_shapes():
+    cfg = tiny()
+    rec = ECAMPModel(cfg).eval().reconstruct(make_batch(cfg))
+    assert rec["pred_lr"].shape == (2, 3, cfg.img_size, cfg.img_size)
+    assert rec["sr"].shape == (2, 3, cfg.hr_size, cfg.hr_size)
+    assert rec["mask"].shape == (2, 1, cfg.img_size, cfg.img_size)
+    assert torch.allclose(rec["mask"].mean(), torch.tensor(cfg.mask_ratio))
+
+
+def test_bad_config_and_batch():
+    with pytest.raises(UserError):
+        ECAMPModel(tiny(use_mim=False, use_mlm=False, use_sr=False))
+    with pytest.raises(UserError):
+        ECAMPModel(tiny(mim_loss="nope"))
+    cfg = tiny()
+    batch = make_batch(cfg)
+    batch["image_hr"] = batch["image_hr"][:, :, :64, :64]
+    with pytest.raises(UserError):
+        ECAMPModel(cfg)(batch)
+
+
+def test_tiny_model_overfits_one_batch():
+    torch.manual_seed(0)
+    cfg = tiny()
+    model = ECAMPModel(cfg)
+    batch = make_batch(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    hist = []
+    for _ in range(40):
+        out = model(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        hist.append({k: float(v.detach()) for k, v in out.items()})
+    for k in ("mim", "mlm", "sr"):
+        first = sum(h[k] for h in hist[:3]) / 3
+        last = sum(h[k] for h in hist[-3:]) / 3
+        assert last < 0.7 * first, (k, first, last)
