@@ -106,7 +106,7 @@ def build_dataset(cfg: PretrainConfig, output_dir: Path) -> Any:
     if cfg.data.guidance:
         from ecamp.data.guidance import GuidanceStore
 
-        guidance = GuidanceStore(cfg.data.guidance)
+        guidance = GuidanceStore(cfg.data.guidance, kind=cfg.model.sr_guidance)
     return PretrainDataset(
         df, cfg.data, hr_size=cfg.model.hr_size, cache=cfg.data.cache or None, guidance=guidance
     )
