@@ -1,0 +1,640 @@
+"""`ecamp finetune`: downstream classification, segmentation and detection (SPEC.md section 7).
+
+One stage for the paper's Tables 1-3: an encoder (``--init``: our export, a pre-training
+checkpoint, the authors' release, a timm ViT name, or random) gets a task head from
+:mod:`ecamp.models.heads` and trains on the generic loop (AMP, DDP, resume, logs).  The
+validation metric picks ``checkpoints/best.pt`` (macro AUC for multi-label / binary
+classification, accuracy for multi-class, global Dice at 0.5 for segmentation, mAP over IoU
+0.40..0.75 with the MGCA protocol for detection); that state is scored on the TEST split and
+written to ``results.json``.
+
+With no ``--config`` and no ``--dataset`` the embedded default runs: a tiny ViT on the
+synthetic phantom world (``ecamp.data.synthetic``), seconds on a laptop CPU.  The paper's
+recipes per dataset are in ``configs/paper/finetune_*.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ecamp.config import TrainConfig, apply_overrides, from_dict, read_yaml
+from ecamp.errors import UserError
+from ecamp.utils.cliargs import add_config_args
+from ecamp.utils.logging import get_logger
+
+HELP = "fine-tune / linear-probe an encoder on classification, segmentation or detection"
+TASKS = ("cls", "seg", "det")
+DATASETS = ("phantom", "chestxray14", "chexpert", "rsna", "covidx", "siim")
+# focal phantom lesions: what its segmentation masks and detection boxes hold
+PHANTOM_FOCAL = ("opacity", "nodule", "effusion", "pneumothorax", "atelectasis")
+
+log = get_logger(__name__)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _finetune_train() -> TrainConfig:
+    """Loop defaults for fine-tuning (MAE-style): AdamW (0.9, 0.999), short warm-up."""
+    return TrainConfig(
+        epochs=50,
+        batch_size=64,
+        lr=5e-4,
+        min_lr=1e-6,
+        weight_decay=0.05,
+        betas=(0.9, 0.999),
+        warmup_epochs=5.0,
+        log_every=10,
+        keep_last=1,
+    )
+
+
+@dataclass
+class FinetuneModelConfig:
+    """The encoder and its task head."""
+
+    init: str = "random"  # exported encoder | pretrain/finetune ckpt or run folder | release ckpt | timm name | random
+    img_size: int = 0  # input side; 0 = the size the encoder was trained at
+    # architecture of a `random` encoder; filled from the checkpoint for every other init
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.1  # stochastic depth while fine-tuning
+    linear_probe: bool = False  # frozen encoder: only the head learns
+    dropout: float = 0.0  # before the classifier
+    seg_decoder: str = "conv"  # conv (release-like up-sampling stages) | upernet
+    seg_channels: list[int] = field(
+        default_factory=lambda: [256, 128, 64, 32]
+    )  # conv: one x2 stage each
+    det_hidden: int = 256  # YOLO head width
+
+
+@dataclass
+class FinetuneDataConfig:
+    """Which labelled set, which share of its training labels, and augmentation."""
+
+    dataset: str = "phantom"  # phantom | chestxray14 | chexpert | rsna | covidx | siim
+    root: str = ""  # dataset root in its official layout (phantom: empty = generate in the output)
+    manifest: str = ""  # a prepared downstream manifest CSV (columns as ecamp.data.sources.common)
+    fraction: float = 100.0  # percent of the training labels (release lists for 1 / 10 / 100)
+    sampling: str = "release"  # release (the authors' lists) | random (seeded subset)
+    labels_from: str = "list"  # list (release lists' targets) | official (the dataset's files)
+    source_args: dict[str, Any] = field(default_factory=dict)  # extra adapter arguments
+    labels: list[str] = field(default_factory=list)  # cls, multi-label: train/score only these
+    synthetic_n: int = 256  # phantom world size
+    synthetic_size: int = 128  # phantom image side
+    synthetic_seed: int = 0
+    crop_scale: tuple[float, float] = (0.8, 1.0)  # random resized crop while training
+    flip_prob: float = 0.5
+    max_boxes: int = 16
+    mean: float = 0.4721
+    std: float = 0.3037
+    num_workers: int = 0
+
+
+@dataclass
+class FinetuneConfig:
+    """`ecamp finetune`: everything one downstream run needs."""
+
+    task: str = "cls"  # cls | seg | det
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    train: TrainConfig = field(default_factory=_finetune_train)
+    layer_decay: float = 0.75  # lr of block i scaled by layer_decay ** (depth - i); 1 = off
+    steps: int = 0  # >0: train this many optimizer steps (sets train.epochs and train.max_steps)
+    eval_every: int = 1  # validate every N epochs (and after the last)
+    eval_batch_size: int = 64
+    det_conf_threshold: float = 0.05  # detections kept before scoring
+    det_protocol: str = "mgca"  # mgca | coco (see ecamp.eval.metrics.detection_map)
+    output: str = ""
+
+
+def task_metric(task: str, multilabel: bool) -> str:
+    """The headline metric of a task: auc | acc | dice | map."""
+    if task == "cls":
+        return "auc" if multilabel else "acc"
+    return {"seg": "dice", "det": "map"}[task]
+
+
+def check_config(cfg: FinetuneConfig) -> None:
+    """Fail early, naming the key, on values the stage cannot use."""
+    if cfg.task not in TASKS:
+        raise UserError(f"task={cfg.task!r}: choose one of {TASKS}")
+    if cfg.data.dataset not in DATASETS:
+        raise UserError(f"data.dataset={cfg.data.dataset!r}: choose one of {DATASETS}")
+    if cfg.model.seg_decoder not in ("conv", "upernet"):
+        raise UserError(f"model.seg_decoder={cfg.model.seg_decoder!r}: choose conv or upernet")
+    if cfg.model.linear_probe and cfg.task != "cls":
+        log.warning(
+            "linear probe on %s: the encoder stays frozen, only the decoder learns", cfg.task
+        )
+    if cfg.eval_every < 1:
+        raise UserError(f"eval_every must be >= 1, got {cfg.eval_every}")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def phantom_manifest(world_csv: str | Path, task: str) -> tuple[Any, list[str]]:
+    """The phantom world as a downstream manifest for ``task``, and its class names.
+
+    cls: the six lesion labels; seg: the focal-lesion mask as RLE; det: one box per focal
+    lesion (cardiomegaly is a heart shadow, not a focal finding, so it has neither).
+    Splits train / validate / test become train / val / test.
+    """
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from ecamp.data.sources.common import rle_encode
+    from ecamp.data.synthetic import LESION_CLASSES
+
+    path = Path(world_csv)
+    df = pd.read_csv(path)
+    root = path.parent
+    out = pd.DataFrame(
+        {
+            "id": df["id"].astype(str),
+            "path": [str(root / p) for p in df["image"]],
+            "split": df["split"].replace({"validate": "val"}),
+        }
+    )
+    if task == "cls":
+        for c in LESION_CLASSES:
+            out[c] = df[f"label_{c}"].astype(float)
+        return out, list(LESION_CLASSES)
+    if task == "det":
+        out["boxes"] = [
+            json.dumps([b[:4] for b in json.loads(s) if b[4] in PHANTOM_FOCAL]) for s in df["boxes"]
+        ]
+        return out, ["lesion"]
+    # seg: a few hundred small masks, read once
+    rles = [rle_encode(np.asarray(Image.open(root / m)) > 127) for m in df["mask"]]
+    out["rle"] = ["" if r == "-1" else r for r in rles]
+    return out, ["lesion"]
+
+
+@dataclass
+class TaskData:
+    """The datasets of one run and what the head needs to know."""
+
+    datasets: dict[str, Any]
+    labels: list[str]
+    label_columns: list[str]
+    multilabel: bool
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels) if self.multilabel or len(self.labels) > 1 else 1
+
+
+def _phantom_world(cfg: FinetuneConfig, output_dir: Path) -> Path:
+    from ecamp.data.synthetic import make_phantom_world
+    from ecamp.train import distributed as du
+
+    world = Path(cfg.data.root) if cfg.data.root else output_dir / "phantom"
+    csv = world / "manifest.csv"
+    if du.is_main() and not csv.is_file():
+        log.info("generating the phantom world (%d images) in %s", cfg.data.synthetic_n, world)
+        make_phantom_world(
+            world,
+            n=cfg.data.synthetic_n,
+            size=cfg.data.synthetic_size,
+            seed=cfg.data.synthetic_seed,
+        )
+    du.barrier()
+    return csv
+
+
+def build_manifest(cfg: FinetuneConfig, output_dir: Path) -> tuple[Any, list[str], list[str], bool]:
+    """(manifest, class names, label columns, multilabel) for the configured dataset and task."""
+    from ecamp.data.downstream import SOURCES, get_source, load_manifest
+    from ecamp.data.sources.common import subset
+
+    d = cfg.data
+    if d.dataset == "phantom":
+        if d.manifest:
+            raise UserError(
+                "data.manifest is for prepared real datasets; the phantom world is built"
+            )
+        df, labels = phantom_manifest(_phantom_world(cfg, output_dir), cfg.task)
+        if d.fraction < 100:  # no release lists: always a seeded random share
+            train_ids = df.loc[df["split"] == "train", "id"].tolist()
+            keep = set(subset(train_ids, d.fraction, cfg.train.seed))
+            df = df[(df["split"] != "train") | df["id"].isin(keep)].reset_index(drop=True)
+        columns = labels if cfg.task == "cls" else (["rle"] if cfg.task == "seg" else ["boxes"])
+        return df, labels, columns, True
+    if not d.root and not d.manifest:
+        raise UserError(f"data.dataset={d.dataset}: give --data-root (the dataset's folder)")
+    cls = SOURCES[d.dataset]
+    if cfg.task not in cls.release_sets:
+        raise UserError(f"{d.dataset} has no {cfg.task!r} task; it has {list(cls.release_sets)}")
+    if d.manifest:
+        df = load_manifest(d.manifest)
+    else:
+        source = get_source(d.dataset, d.root, **d.source_args)
+        df = source.manifest(
+            cfg.task,
+            fraction=d.fraction,
+            sampling=d.sampling,
+            seed=cfg.train.seed,
+            labels_from=d.labels_from,
+        )
+    if cfg.task == "cls":
+        columns = list(cls.labels) if cls.multilabel else ["label"]
+    else:
+        columns = ["rle"] if (cfg.task == "seg" and d.dataset == "siim") else ["boxes"]
+    return df, list(cls.labels), columns, cls.multilabel
+
+
+def select_labels(
+    labels: list[str], columns: list[str], wanted: list[str], multilabel: bool
+) -> tuple[list[str], list[str]]:
+    """Restrict a multi-label set to ``wanted`` (in the given order); empty = all."""
+    if not wanted:
+        return labels, columns
+    if not multilabel:
+        raise UserError("data.labels selects labels of a multi-label set; this one is multi-class")
+    unknown = [w for w in wanted if w not in labels]
+    if unknown:
+        raise UserError(f"data.labels: unknown label(s) {unknown}; this set has {labels}")
+    return list(wanted), list(wanted)
+
+
+def build_data(cfg: FinetuneConfig, output_dir: Path, img_size: int) -> TaskData:
+    """Train / val / test datasets at ``img_size``."""
+    from ecamp.data.downstream import build_datasets
+
+    df, labels, columns, multilabel = build_manifest(cfg, output_dir)
+    d = cfg.data
+    if cfg.task == "cls":
+        labels, columns = select_labels(labels, columns, list(d.labels), multilabel)
+    datasets = build_datasets(
+        df,
+        cfg.task,
+        columns,
+        multilabel=multilabel,
+        size=img_size,
+        mean=d.mean,
+        std=d.std,
+        crop_scale=tuple(d.crop_scale),
+        flip_prob=d.flip_prob,
+        max_boxes=d.max_boxes,
+    )
+    if "train" not in datasets:
+        raise UserError(f"{d.dataset}: the manifest has no training rows (split == 'train')")
+    log.info(
+        "%s %s: %s",
+        d.dataset,
+        cfg.task,
+        ", ".join(f"{k} {len(v)}" for k, v in datasets.items()),
+    )
+    return TaskData(datasets, labels, columns, multilabel)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_encoder(cfg: FinetuneConfig) -> Any:
+    """The encoder ``model.init`` names, at ``model.img_size``; writes its architecture back
+    into ``cfg.model`` so the saved config describes the trained network."""
+    from ecamp.models.checkpoints import timm_kwargs
+    from ecamp.train.export import EncoderArch, resolve_encoder
+
+    m = cfg.model
+    arch = EncoderArch(
+        img_size=m.img_size or 224,
+        patch_size=m.patch_size,
+        embed_dim=m.embed_dim,
+        depth=m.depth,
+        num_heads=m.num_heads,
+        mlp_ratio=m.mlp_ratio,
+    )
+    res = resolve_encoder(m.init, img_size=m.img_size or None, drop_path=m.drop_path, arch=arch)
+    kw = timm_kwargs(res.encoder)
+    m.img_size, m.patch_size, m.embed_dim = kw["img_size"], kw["patch_size"], kw["embed_dim"]
+    m.depth, m.num_heads, m.mlp_ratio = kw["depth"], kw["num_heads"], float(kw["mlp_ratio"])
+    log.info("encoder from %s (%s): %s", res.source, res.kind, kw)
+    return res
+
+
+def build_model(cfg: FinetuneConfig, encoder: Any, num_classes: int, multilabel: bool) -> Any:
+    """The task model of ``cfg.task`` on ``encoder``."""
+    from ecamp.models.heads import ClassificationModel, DetectionModel, SegmentationModel
+
+    m = cfg.model
+    if cfg.task == "cls":
+        return ClassificationModel(
+            encoder,
+            num_classes,
+            multilabel=multilabel,
+            linear_probe=m.linear_probe,
+            dropout=m.dropout,
+        )
+    if cfg.task == "seg":
+        from ecamp.models.heads import ConvDecoder
+
+        model = SegmentationModel(encoder, decoder=m.seg_decoder, freeze_encoder=m.linear_probe)
+        if m.seg_decoder == "conv" and list(m.seg_channels) != [256, 128, 64, 32]:
+            model.decoder = ConvDecoder(encoder.embed_dim, channels=tuple(m.seg_channels))
+        return model
+    return DetectionModel(
+        encoder, img_size=m.img_size, hidden=m.det_hidden, freeze_encoder=m.linear_probe
+    )
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _finite(v: float | None) -> float | None:
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
+def evaluate(model: Any, dataset: Any, cfg: FinetuneConfig, data: TaskData) -> dict[str, Any]:
+    """Score ``model`` on ``dataset``: the headline metric plus task extras."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ecamp.data.sources.common import parse_boxes
+    from ecamp.eval import metrics as M
+    from ecamp.train.loop import move_to_device, resolve_precision
+
+    device = next(model.parameters()).device
+    amp = resolve_precision(cfg.train.precision, device)
+    loader = DataLoader(
+        dataset, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.data.num_workers
+    )
+    was_training = model.training
+    model.eval()
+    scores: list[np.ndarray] = []
+    inter: list[np.ndarray] = []
+    total: list[np.ndarray] = []
+    preds: list[tuple[np.ndarray, np.ndarray]] = []
+    with (
+        torch.no_grad(),
+        torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None),
+    ):
+        for batch in loader:
+            batch = move_to_device(batch, device)
+            if cfg.task == "cls":
+                scores.append(model.predict(batch).float().cpu().numpy())
+            elif cfg.task == "seg":
+                prob = model.predict(batch).float().cpu().numpy()
+                i, t = M.dice_counts(prob, batch["mask"][:, 0].cpu().numpy())
+                inter.append(i)
+                total.append(t)
+            else:
+                for b, s in model.predict(batch, conf_threshold=cfg.det_conf_threshold):
+                    preds.append((b.float().cpu().numpy(), s.float().cpu().numpy()))
+    model.train(was_training)
+    name = task_metric(cfg.task, data.multilabel)
+    if cfg.task == "cls":
+        y_score = np.concatenate(scores)
+        y_true = dataset.targets
+        if data.multilabel:
+            per = M.label_aucs(y_true, y_score)
+            with np.errstate(all="ignore"):
+                value = float(np.nanmean(per)) if np.isfinite(per).any() else float("nan")
+            return {name: value, "per_label": dict(zip(data.labels, (_finite(v) for v in per)))}
+        return {name: M.accuracy(y_true, y_score)}
+    if cfg.task == "seg":
+        ii, tt = np.concatenate(inter), np.concatenate(total)
+        return {
+            name: M.dice_from_counts(ii, tt, "global"),
+            "dice_per_image": M.dice_from_counts(ii, tt, "per_image"),
+        }
+    targets = [
+        np.asarray(parse_boxes(str(s or "[]")), np.float32).reshape(-1, 4)
+        for s in dataset.frame["boxes"]
+    ]
+    other = "coco" if cfg.det_protocol == "mgca" else "mgca"
+    return {
+        name: M.detection_map(preds, targets, protocol=cfg.det_protocol),
+        f"map_{other}": M.detection_map(preds, targets, protocol=other),
+    }
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _apply_steps(cfg: FinetuneConfig, n_train: int) -> None:
+    """``steps`` > 0: epochs that cover that many optimizer steps, stopping exactly there."""
+    from ecamp.train import distributed as du
+
+    if cfg.steps <= 0:
+        return
+    t = cfg.train
+    global_batch = t.batch_size * max(1, du.world_size())
+    micro = n_train // global_batch if t.drop_last else math.ceil(n_train / global_batch)
+    per_epoch = max(1, math.ceil(max(1, micro) / t.accum_steps))
+    t.epochs = math.ceil(cfg.steps / per_epoch)
+    t.max_steps = cfg.steps
+
+
+def finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
+    """Run one downstream job into ``output_dir``; returns the results (also results.json)."""
+    import torch
+
+    from ecamp.models.heads import param_groups_lrd
+    from ecamp.train import distributed as du
+    from ecamp.train.checkpoint import load_checkpoint
+    from ecamp.train.loop import Trainer
+    from ecamp.utils.io import atomic_write_text
+
+    check_config(cfg)
+    out = Path(output_dir)
+    du.init_distributed(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)  # the same random head / encoder init on every rank and run
+    resolved = build_encoder(cfg)
+    data = build_data(cfg, out, cfg.model.img_size)
+    model = build_model(cfg, resolved.encoder, data.num_classes, data.multilabel)
+    _apply_steps(cfg, len(data.datasets["train"]))
+    metric = task_metric(cfg.task, data.multilabel)
+    val = data.datasets.get("val")
+    last_epoch = cfg.train.epochs - 1
+
+    def eval_fn(m: Any, epoch: int) -> dict[str, float]:
+        if (epoch + 1) % cfg.eval_every and epoch != last_epoch:
+            return {metric: float("nan")}  # skipped: never "best"
+        return _scalars(evaluate(m, val, cfg, data))
+
+    if val is None:
+        log.warning("no validation split: the last state is the one tested")
+    trainer = Trainer(
+        model,
+        data.datasets["train"],
+        cfg.train,
+        out,
+        param_groups=lambda m: param_groups_lrd(
+            m, cfg.train.lr, cfg.train.weight_decay, cfg.layer_decay
+        ),
+        eval_fn=eval_fn if val is not None else None,
+        config_to_save=cfg,
+        best_metric=metric if val is not None else None,
+        best_mode="max",
+        num_workers=cfg.data.num_workers,
+        persistent_workers=cfg.data.num_workers > 0,
+    )
+    summary = trainer.fit()
+    results: dict[str, Any] = {}
+    if du.is_main():
+        chosen = summary.get("best_checkpoint") or summary.get("checkpoint")
+        if chosen:
+            trainer.model.load_state_dict(load_checkpoint(chosen)["model"])
+        split = "test" if "test" in data.datasets else "val"
+        if split != "test":
+            log.warning("no test split: scoring the validation split")
+        scored = evaluate(trainer.model, data.datasets[split], cfg, data)
+        results = {
+            "task": cfg.task,
+            "dataset": cfg.data.dataset,
+            "metric": metric,
+            "value": _finite(scored[metric]),
+            "split": split,
+            "metrics": {k: (_finite(v) if isinstance(v, float) else v) for k, v in scored.items()},
+            "val_best": _finite(summary.get("best_value")),
+            "init": cfg.model.init,
+            "init_kind": resolved.kind,
+            "linear_probe": cfg.model.linear_probe,
+            "fraction": cfg.data.fraction,
+            "sampling": "random" if cfg.data.dataset == "phantom" else cfg.data.sampling,
+            "n_train": len(data.datasets["train"]),
+            "n_test": len(data.datasets[split]),
+            "labels": data.labels,
+            "steps": summary["steps"],
+            "checkpoint": chosen,
+            "output_dir": str(out),
+        }
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+        log.info("%s %s %s on %s: %s", cfg.data.dataset, cfg.task, metric, split, results["value"])
+    du.cleanup()
+    return results
+
+
+# --------------------------------------------------------------------------- command
+
+
+def embedded_config_path(task: str) -> Path:
+    """The packaged default config of ``task`` (``ecamp/resources/configs/finetune_<task>.yaml``)."""
+    from ecamp.train.pretrain import embedded_config_path as packaged
+
+    return packaged(f"finetune_{task}.yaml")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `ecamp finetune`."""
+    add_config_args(parser)
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        help="cls (classification), seg (segmentation) or det (detection); same as task=...; "
+        "without --config it also picks the embedded default (default: cls)",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help="labelled set (data.dataset); phantom = the synthetic world (default)",
+    )
+    parser.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="the dataset's root folder in its official layout (data.root)",
+    )
+    parser.add_argument(
+        "--init",
+        metavar="PATH|NAME",
+        help="encoder: an exported encoder folder/file, an ecamp run folder or checkpoint .pt, "
+        "the authors' release checkpoint, a timm ViT name (fetched by timm when online), "
+        "or 'random' (model.init)",
+    )
+    parser.add_argument(
+        "--linear-probe",
+        action="store_true",
+        help="freeze the encoder and train only the head (model.linear_probe=true)",
+    )
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        metavar="PCT",
+        help="percent of the training labels: 1, 10, 100 use the release lists; "
+        "other values need data.sampling=random (data.fraction)",
+    )
+
+
+def resolve_config(args: argparse.Namespace) -> FinetuneConfig:
+    """Embedded default of the task (or --config), then the flags, then dotted overrides."""
+    task = args.task or "cls"
+    data: dict[str, Any] = read_yaml(args.config or embedded_config_path(task))
+    overrides = list(args.overrides or [])
+    flags = []
+    if args.task:
+        flags.append(f"task={args.task}")
+    if args.dataset:
+        flags.append(f"data.dataset={args.dataset}")
+    if args.data_root:
+        flags.append(f"data.root={json.dumps(args.data_root)}")
+    if args.init:
+        flags.append(f"model.init={json.dumps(args.init)}")
+    if args.linear_probe:
+        flags.append("model.linear_probe=true")
+    if args.fraction is not None:
+        flags.append(f"data.fraction={args.fraction}")
+    apply_overrides(data, flags + overrides)
+    cfg = from_dict(FinetuneConfig, data)
+    if not args.config and cfg.data.dataset != "phantom":
+        log.warning(
+            "no --config: the embedded quick recipe (tiny-size knobs) runs on %s; the paper's "
+            "recipes are configs/paper/finetune_%s_*.yaml",
+            cfg.data.dataset,
+            cfg.data.dataset,
+        )
+    return cfg
+
+
+def _default_output(cfg: FinetuneConfig) -> Path:
+    return Path("runs") / time.strftime(f"finetune-{cfg.data.dataset}-{cfg.task}-%Y%m%d-%H%M%S")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `ecamp finetune`."""
+    from ecamp.utils.logging import setup_logging
+
+    rank = int(os.environ.get("RANK", "0"))
+    cfg = resolve_config(args)
+    out = Path(args.output or cfg.output or _default_output(cfg))
+    cfg.output = str(out)
+    setup_logging(out, rank=rank)
+    log.info("fine-tuning %s on %s into %s", cfg.task, cfg.data.dataset, out)
+    results = finetune(cfg, out)
+    if rank == 0:
+        keys = ("task", "dataset", "metric", "value", "split", "checkpoint")
+        print(json.dumps({k: results.get(k) for k in keys}))
+    return 0
+
+
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneDataConfig",
+    "FinetuneModelConfig",
+    "build_data",
+    "build_encoder",
+    "build_model",
+    "evaluate",
+    "finetune",
+    "phantom_manifest",
+    "task_metric",
+]
