@@ -1,0 +1,74 @@
+"""Settings of the distillation stage (YAML via --config, flags and --set override)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+BACKENDS = ("rules", "openai", "llamacpp")
+
+
+@dataclass
+class DistillConfig:
+    """Backend, server / model, prompt and robustness settings of ``ecamp distill``.
+
+    The API key is never stored here from the command line and never logged: it comes from
+    the environment variable named by ``api_key_env`` (or ``api_key`` in a private YAML).
+    """
+
+    backend: str = "rules"  # rules | openai | llamacpp
+    # openai-compatible server (ChatGPT, vLLM, llama.cpp server, Ollama)
+    base_url: str | None = None  # default: $OPENAI_BASE_URL, else the OpenAI API
+    model: str | None = None  # default: $ECAMP_LLM_MODEL
+    api_key_env: str = "OPENAI_API_KEY"
+    api_key: str | None = None
+    concurrency: int = 4
+    timeout_s: float = 60.0
+    max_retries: int = 4  # transport retries on timeouts, 429 and 5xx, with backoff
+    backoff_s: float = 1.0  # first backoff; doubles per retry, capped at 30 s
+    max_consecutive_failures: int = 20  # then the run stops (server down): rerun to resume
+    # llama-cpp-python in process
+    gguf: str | None = None
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    # decoding (both LLM backends)
+    temperature: float = 0.0
+    max_tokens: int = 384
+    repeat_penalty: float = 1.1  # set explicitly: llama.cpp server and API defaults differ
+    seed: int = 0
+    # prompt
+    prompt_file: str | None = None
+    validation_retries: int = 1  # rejected answers are asked again this often, then rules
+
+    def resolved_api_key(self) -> str:
+        """The key to send ("none" for local servers that need no key)."""
+        return self.api_key or os.environ.get(self.api_key_env) or "none"
+
+    def resolved_model(self) -> str | None:
+        return self.model or os.environ.get("ECAMP_LLM_MODEL")
+
+    def resolved_base_url(self) -> str | None:
+        return self.base_url or os.environ.get("OPENAI_BASE_URL")
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings with the key redacted (for logs, summaries and the resolved config)."""
+        from ecamp.config import to_dict
+
+        d = to_dict(self)
+        if d.get("api_key"):
+            d["api_key"] = "***"
+        return d
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """What changes an answer: cached results are reused only when these match."""
+        if self.backend == "rules":
+            return {"backend": "rules"}
+        return {
+            "backend": self.backend,
+            "model": self.resolved_model() if self.backend == "openai" else self.gguf,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "repeat_penalty": self.repeat_penalty,
+            "seed": self.seed,
+        }

@@ -1,0 +1,97 @@
+"""The one-shot distillation prompt: a fixed instruction plus ONE worked example.
+
+The default (``resources/distill/prompt.yaml``) uses the first report / distilled-report
+pair of the paper's Appendix C as its example; a user prompt file with the same keys
+(``system``, ``user`` with ``{report}`` and ``{entities}``, ``example.report``,
+``example.answer``) replaces it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from ecamp.errors import UserError
+from ecamp.text.entities import find_entities
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Instruction, user template and the one worked example."""
+
+    system: str
+    user: str
+    example_report: str
+    example_answer: str
+
+    def messages(self, report: str, entities: list[str] | None = None) -> list[dict[str, str]]:
+        """Chat messages for one report: system, example user/assistant, then the report."""
+        ents = entities if entities is not None else entity_list(report)
+        return [
+            {"role": "system", "content": self.system},
+            {
+                "role": "user",
+                "content": self._user(self.example_report, entity_list(self.example_report)),
+            },
+            {"role": "assistant", "content": self.example_answer},
+            {"role": "user", "content": self._user(report, ents)},
+        ]
+
+    def _user(self, report: str, entities: list[str]) -> str:
+        return self.user.replace("{report}", " ".join(report.split())).replace(
+            "{entities}", ", ".join(entities)
+        )
+
+    def fingerprint(self) -> str:
+        """A short hash of the prompt: cached answers are reused only for the same prompt."""
+        blob = json.dumps([self.system, self.user, self.example_report, self.example_answer])
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def entity_list(report: str) -> list[str]:
+    """The distinct canonical entities mentioned in ``report``, in order of first mention."""
+    return list(dict.fromkeys(m.entity for m in find_entities(report)))
+
+
+def default_prompt_path() -> Path:
+    """The packaged default prompt file."""
+    return Path(str(resources.files("ecamp") / "resources" / "distill" / "prompt.yaml"))
+
+
+def appendix_c_pairs() -> list[dict[str, str]]:
+    """The paper's three report / distilled-report pairs (Appendix C, Table S3)."""
+    path = resources.files("ecamp") / "resources" / "distill" / "appendix_c.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_prompt(path: str | Path | None = None) -> Prompt:
+    """Read a prompt file (YAML); ``None`` gives the packaged default."""
+    p = Path(path) if path else default_prompt_path()
+    if not p.is_file():
+        raise UserError(
+            f"prompt file {p} does not exist; pass an existing YAML file to --prompt-file"
+        )
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UserError(f"prompt file {p} is not valid YAML: {e}") from None
+    try:
+        example = data["example"]
+        prompt = Prompt(
+            system=str(data["system"]).strip(),
+            user=str(data["user"]),
+            example_report=str(example["report"]).strip(),
+            example_answer=str(example["answer"]).strip(),
+        )
+    except (KeyError, TypeError) as e:
+        raise UserError(
+            f"prompt file {p} must have keys system, user, example.report, example.answer (missing {e})"
+        ) from None
+    if "{report}" not in prompt.user:
+        raise UserError(f"prompt file {p}: the user template must contain {{report}}")
+    return prompt
