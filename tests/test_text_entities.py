@@ -148,3 +148,17 @@ def test_real_reports(test_data) -> None:  # type: ignore[no-untyped-def]
     top = sorted(counts, key=lambda k: -counts[k])[:5]
     assert "effusion" in top and "pneumothorax" in top
     assert sum(counts.values()) > 5000
+
+
+def test_heart_enlargement_phrases_are_cardiomegaly() -> None:
+    for text in (
+        "The heart is mildly enlarged.",
+        "Stable cardiac enlargement.",
+        "Borderline heart size.",
+    ):
+        assert [m.entity for m in find_entities(text)] == ["cardiomegaly"], text
+    assert find_entities("The heart is not enlarged.") == []
+
+
+def test_nodular_describes_an_opacity_not_a_nodule() -> None:
+    assert [m.entity for m in find_entities("Nodular opacity in the right midlung.")] == ["opacity"]
