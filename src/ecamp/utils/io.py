@@ -18,7 +18,7 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
 
     The temporary file sits in the destination folder so the final rename is atomic on
