@@ -60,11 +60,19 @@ def test_linear_probe_leaves_encoder_unchanged(tmp_path):
         "data.synthetic_size=64",
         "train.epochs=2",
         "train.batch_size=16",
+        "train.optimizer=sgd",
+        "train.momentum=0.8",
+        "train.lr=3e-2",
     )
     res = finetune(cfg, tmp_path / "run")
     assert res["linear_probe"] and res["init_kind"] == "exported"
-    state = torch.load(res["checkpoint"], map_location="cpu", weights_only=True)["model"]
+    saved = torch.load(res["checkpoint"], map_location="cpu", weights_only=True)
+    state = saved["model"]
     for k, v in enc.state_dict().items():
         assert torch.equal(state["encoder." + k], v), k
+    # the configured optimizer ran: SGD with momentum, no Adam moments
+    groups = saved["optimizer"]["param_groups"]
+    assert all(g["momentum"] == 0.8 and "betas" not in g for g in groups)
+    assert all("momentum_buffer" in s for s in saved["optimizer"]["state"].values())
     # ... while the head did learn
     assert res["steps"] > 0

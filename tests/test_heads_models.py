@@ -92,6 +92,45 @@ def test_segmentation_shapes_and_learning(decoder):
         SegmentationModel(tiny_vit(), decoder="fcn")
 
 
+@pytest.mark.parametrize("patch, stages", [(8, 3), (16, 4), (4, 2)])
+def test_conv_decoder_has_log2_patch_stages(patch, stages):
+    enc = VisionTransformer(
+        img_size=64, patch_size=patch, embed_dim=32, depth=1, num_heads=2, num_classes=0
+    )
+    model = SegmentationModel(enc)
+    ups = [m for m in model.decoder.stages if isinstance(m, torch.nn.Upsample)]
+    assert len(ups) == stages
+    widths = [8, 4, 4, 2][:stages]
+    model = SegmentationModel(enc, channels=widths)
+    assert model.decoder.classifier.in_channels == widths[-1]
+    # stages bring the token map back to the input size without a final resize
+    fmap = torch.randn(1, 32, 64 // patch, 64 // patch)
+    assert model.decoder([fmap]).shape == (1, 1, 64, 64)
+    with pytest.raises(UserError, match=f"{stages} up-sampling stages"):
+        SegmentationModel(enc, channels=[8] * (stages + 1))
+    assert (
+        SegmentationModel(enc, decoder="upernet", channels=[24]).decoder.classifier.in_channels
+        == 24
+    )
+
+
+def test_segmentation_starts_at_the_prior_and_dice_pools_the_batch():
+    from ecamp.models.heads import dice_bce_loss
+
+    model = SegmentationModel(tiny_vit(), prior=0.02).eval()
+    p = model.predict({"image": torch.randn(2, 3, 64, 64)})
+    assert p.mean().item() == pytest.approx(0.02, rel=0.5)
+    # an empty image next to a lesion: pooled Dice lets the lesion's overlap count, per image
+    # the empty one scores 0 whatever the lesion does
+    logits = torch.full((2, 1, 4, 4), -3.0)
+    logits[1, 0, :2] = 3.0
+    target = torch.zeros(2, 1, 4, 4)
+    target[1, 0, :2] = 1
+    pooled = dice_bce_loss(logits, target, bce_weight=0.0)
+    per_image = dice_bce_loss(logits, target, bce_weight=0.0, per_image=True)
+    assert pooled.item() < 0.2 < per_image.item()
+
+
 def test_detection_learning_and_prediction_shapes():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 64, 64)

@@ -176,6 +176,8 @@ class TrainConfig:
     min_lr: float = 0.0
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
+    optimizer: str = "adamw"  # adamw (betas above) | sgd (momentum below)
+    momentum: float = 0.9  # sgd only
     warmup_epochs: float = 40.0
     warmup_steps: int = 0  # >0 overrides warmup_epochs
     clip_grad: float = 0.0  # 0 disables clipping

@@ -2,8 +2,9 @@
 
 - :class:`ClassificationModel`: GLOBAL feature (mean-pooled patch tokens + LayerNorm) -> linear;
   full fine-tune or linear probe (frozen encoder).
-- :class:`SegmentationModel`: LOCAL features (patch tokens as a map) -> a 4-stage up-sampling
-  conv decoder (as the release) or a UPerNet-style decoder; Dice + BCE loss.
+- :class:`SegmentationModel`: LOCAL features (patch tokens as a map) -> an up-sampling conv
+  decoder with one x2 stage per factor 2 of the patch size (4 for patch 16, as the release) or
+  a UPerNet-style decoder; Dice + BCE loss.
 - :class:`DetectionModel`: LOCAL features -> YOLOv3-style head (3 scales x 3 anchors,
   objectness, box regression), decoding and NMS; boxes come back in original image pixels.
 
@@ -17,6 +18,7 @@ take.  :func:`param_groups_lrd` builds layer-wise lr-decay parameter groups.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -150,12 +152,21 @@ def _conv_bn(cin: int, cout: int, k: int = 3) -> nn.Sequential:
     )
 
 
+# widths of the conv decoder's stages, widest first (the release: 256, 128, 64, 32 for patch 16)
+DEFAULT_SEG_CHANNELS = (256, 128, 64, 32, 16, 8)
+
+
+def upsampling_stages(patch_size: int) -> int:
+    """Number of x2 decoder stages that bring a patch-token map back to about the input size."""
+    return max(1, round(math.log2(patch_size)))
+
+
 class ConvDecoder(nn.Module):
     """The release's decoder shape: stages of (x2 bilinear up-sampling, 3x3 conv, BN, ReLU),
-    4 of them for patch size 16 (one per factor 2 of the patch size)."""
+    one per entry of ``channels`` (its output width)."""
 
     def __init__(
-        self, dim: int, channels: tuple[int, ...] = (256, 128, 64, 32), num_classes: int = 1
+        self, dim: int, channels: Sequence[int] = (256, 128, 64, 32), num_classes: int = 1
     ) -> None:
         super().__init__()
         stages, cin = [], dim
@@ -232,19 +243,38 @@ class UPerNetDecoder(nn.Module):
 
 
 def dice_bce_loss(
-    logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0, bce_weight: float = 1.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    dice_weight: float = 1.0,
+    bce_weight: float = 1.0,
+    per_image: bool = False,
 ) -> torch.Tensor:
-    """BCE plus soft Dice (1 - 2|PT| / (|P| + |T|), per image, smoothed by 1)."""
+    """BCE plus soft Dice (1 - 2|PT| / (|P| + |T|), smoothed by 1).
+
+    The Dice term pools the whole batch (as the global Dice metric does) unless ``per_image``:
+    averaged per image, every lesion-free image scores ~0 until its summed probability is
+    below 1, which with mostly-empty masks (SIIM, the phantom) swamps the signal of the few
+    lesions and stalls learning at an all-empty prediction.
+    """
     target = target.float()
     bce = F.binary_cross_entropy_with_logits(logits, target)
     prob = torch.sigmoid(logits).flatten(1)
     t = target.flatten(1)
+    if not per_image:
+        prob, t = prob.reshape(1, -1), t.reshape(1, -1)
     soft_dice = (2 * (prob * t).sum(1) + 1) / (prob.sum(1) + t.sum(1) + 1)
     return bce_weight * bce + dice_weight * (1 - soft_dice).mean()
 
 
 class SegmentationModel(_EncoderMixin):
-    """Local features -> binary mask logits at the input size; Dice + BCE loss."""
+    """Local features -> binary mask logits at the input size; Dice + BCE loss.
+
+    ``decoder="conv"``: log2(patch size) x2 up-sampling stages (4 for patch 16, 3 for patch 8);
+    ``channels`` gives each stage's width (as many entries as stages; default
+    :data:`DEFAULT_SEG_CHANNELS` from the widest).  ``decoder="upernet"``: ``channels`` is one
+    width, the decoder's (default 128).  ``prior``: the foreground probability the output
+    starts at; the loss is :func:`dice_bce_loss` with the Dice pooled over the batch.
+    """
 
     def __init__(
         self,
@@ -254,21 +284,42 @@ class SegmentationModel(_EncoderMixin):
         freeze_encoder: bool = False,
         dice_weight: float = 1.0,
         bce_weight: float = 1.0,
+        channels: Sequence[int] | int | None = None,
+        prior: float = 0.01,
     ) -> None:
         super().__init__()
         self._setup_encoder(encoder, freeze_encoder)
         depth, dim = len(encoder.blocks), encoder.embed_dim
         if decoder == "conv":
             self.indices = [depth - 1]
-            stages = max(1, round(math.log2(_patch_size(encoder))))
-            self.decoder: nn.Module = ConvDecoder(
-                dim, (256, 128, 64, 32, 16)[:stages], num_classes=num_classes
-            )
+            stages = upsampling_stages(_patch_size(encoder))
+            widths = [channels] if isinstance(channels, int) else list(channels or [])
+            if not widths:
+                widths = list(DEFAULT_SEG_CHANNELS[:stages])
+                widths += [widths[-1]] * (stages - len(widths))  # a patch size above 64
+            if len(widths) != stages:
+                raise UserError(
+                    f"the conv decoder has {stages} up-sampling stages for patch size "
+                    f"{_patch_size(encoder)}; give {stages} channel widths, not {widths}"
+                )
+            self.decoder: nn.Module = ConvDecoder(dim, widths, num_classes=num_classes)
         elif decoder == "upernet":
             self.indices = [max(round(depth * q) - 1, 0) for q in (0.25, 0.5, 0.75, 1.0)]
-            self.decoder = UPerNetDecoder(dim, num_classes=num_classes)
+            if isinstance(channels, int):
+                width = channels
+            elif channels:
+                if len(channels) != 1:
+                    raise UserError(f"the upernet decoder takes one channel width, not {channels}")
+                width = int(channels[0])
+            else:
+                width = 128
+            self.decoder = UPerNetDecoder(dim, channels=width, num_classes=num_classes)
         else:
             raise UserError(f"decoder must be 'conv' or 'upernet', not {decoder!r}")
+        # start at the expected foreground share (as detectors start objectness low): with
+        # sparse masks the first steps then learn where lesions are, not that most is background
+        classifier: Any = self.decoder.classifier
+        nn.init.constant_(classifier.bias, math.log(prior / (1 - prior)))
         self.dice_weight, self.bce_weight = dice_weight, bce_weight
 
     def forward(self, batch: dict) -> dict:
@@ -554,10 +605,12 @@ def num_parameters(model: nn.Module, trainable: bool = True) -> int:
 __all__ = [
     "ClassificationModel",
     "ConvDecoder",
+    "DEFAULT_SEG_CHANNELS",
     "DetectionModel",
     "SegmentationModel",
     "UPerNetDecoder",
     "dice_bce_loss",
     "param_groups_lrd",
     "token_maps",
+    "upsampling_stages",
 ]

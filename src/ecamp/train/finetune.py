@@ -9,8 +9,10 @@ classification, accuracy for multi-class, global Dice at 0.5 for segmentation, m
 written to ``results.json``.
 
 With no ``--config`` and no ``--dataset`` the embedded default runs: a tiny ViT on the
-synthetic phantom world (``ecamp.data.synthetic``), seconds on a laptop CPU.  The paper's
-recipes per dataset are in ``configs/paper/finetune_*.yaml``.
+synthetic phantom world (``ecamp.data.synthetic``), seconds on a laptop CPU; its segmentation
+targets the large lesions (effusion, pneumothorax; ``data.labels`` picks others from the world's
+per-class mask).  The paper's recipes per dataset are in ``configs/paper/finetune_*.yaml``
+(classification with the release's SGD settings: ``train.optimizer=sgd``).
 """
 
 from __future__ import annotations
@@ -25,15 +27,19 @@ from pathlib import Path
 from typing import Any
 
 from ecamp.config import TrainConfig, apply_overrides, from_dict, read_yaml
-from ecamp.errors import UserError
+from ecamp.errors import DataError, UserError
 from ecamp.utils.cliargs import add_config_args
 from ecamp.utils.logging import get_logger
 
 HELP = "fine-tune / linear-probe an encoder on classification, segmentation or detection"
 TASKS = ("cls", "seg", "det")
 DATASETS = ("phantom", "chestxray14", "chexpert", "rsna", "covidx", "siim")
-# focal phantom lesions: what its segmentation masks and detection boxes hold
+# focal phantom lesions: what its detection boxes hold by default
 PHANTOM_FOCAL = ("opacity", "nodule", "effusion", "pneumothorax", "atelectasis")
+# what phantom segmentation masks hold by default: the two large-area lesions (about 3 % and 7 %
+# of an image where present).  Opacity, nodule and atelectasis cover 0.1-0.7 % of an image, a
+# few pixels at 64 px, below what a patch-8 token map can resolve from a small training set.
+PHANTOM_SEG_DEFAULT = ("effusion", "pneumothorax")
 
 log = get_logger(__name__)
 
@@ -72,9 +78,10 @@ class FinetuneModelConfig:
     linear_probe: bool = False  # frozen encoder: only the head learns
     dropout: float = 0.0  # before the classifier
     seg_decoder: str = "conv"  # conv (release-like up-sampling stages) | upernet
-    seg_channels: list[int] = field(
-        default_factory=lambda: [256, 128, 64, 32]
-    )  # conv: one x2 stage each
+    # conv: the width of each x2 up-sampling stage, log2(patch size) of them; upernet: one
+    # width; empty = the default (conv 256, 128, 64, 32 for patch 16; upernet 128)
+    seg_channels: list[int] = field(default_factory=list)
+    seg_prior: float = 0.01  # foreground probability the seg head starts at (its output bias)
     det_hidden: int = 256  # YOLO head width
 
 
@@ -89,7 +96,9 @@ class FinetuneDataConfig:
     sampling: str = "release"  # release (the authors' lists) | random (seeded subset)
     labels_from: str = "list"  # list (release lists' targets) | official (the dataset's files)
     source_args: dict[str, Any] = field(default_factory=dict)  # extra adapter arguments
-    labels: list[str] = field(default_factory=list)  # cls, multi-label: train/score only these
+    # cls (multi-label): train / score only these labels.  Phantom seg / det: the lesion classes
+    # whose pixels / boxes are the target (seg default: effusion, pneumothorax; det: all focal)
+    labels: list[str] = field(default_factory=list)
     synthetic_n: int = 256  # phantom world size
     synthetic_size: int = 128  # phantom image side
     synthetic_seed: int = 0
@@ -144,12 +153,34 @@ def check_config(cfg: FinetuneConfig) -> None:
 # --------------------------------------------------------------------------- data
 
 
-def phantom_manifest(world_csv: str | Path, task: str) -> tuple[Any, list[str]]:
+def phantom_classes(task: str, wanted: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The lesion classes a phantom ``task`` targets: ``wanted`` (checked) or the task default.
+
+    cls: all six labels (selected later by :func:`select_labels`); seg:
+    :data:`PHANTOM_SEG_DEFAULT`; det: :data:`PHANTOM_FOCAL`.
+    """
+    from ecamp.data.synthetic import LESION_CLASSES
+
+    if task == "cls" or not wanted:
+        return list({"seg": PHANTOM_SEG_DEFAULT, "det": PHANTOM_FOCAL}.get(task, LESION_CLASSES))
+    unknown = [w for w in wanted if w not in LESION_CLASSES]
+    if unknown:
+        raise UserError(
+            f"data.labels: unknown phantom lesion class(es) {unknown}; choose from {LESION_CLASSES}"
+        )
+    return list(dict.fromkeys(wanted))
+
+
+def phantom_manifest(
+    world_csv: str | Path, task: str, classes: list[str] | tuple[str, ...] = ()
+) -> tuple[Any, list[str]]:
     """The phantom world as a downstream manifest for ``task``, and its class names.
 
-    cls: the six lesion labels; seg: the focal-lesion mask as RLE; det: one box per focal
-    lesion (cardiomegaly is a heart shadow, not a focal finding, so it has neither).
-    Splits train / validate / test become train / val / test.
+    cls: the six lesion labels; seg: the pixels of the lesion ``classes`` (read from the
+    per-class bit mask; default :data:`PHANTOM_SEG_DEFAULT`) as one binary RLE mask; det: one
+    box per lesion of ``classes`` (default the focal ones: cardiomegaly is a heart shadow).
+    The returned names are the targeted classes.  Splits train / validate / test become
+    train / val / test.
     """
     import numpy as np
     import pandas as pd
@@ -161,6 +192,7 @@ def phantom_manifest(world_csv: str | Path, task: str) -> tuple[Any, list[str]]:
     path = Path(world_csv)
     df = pd.read_csv(path)
     root = path.parent
+    targets = phantom_classes(task, classes)
     out = pd.DataFrame(
         {
             "id": df["id"].astype(str),
@@ -174,13 +206,20 @@ def phantom_manifest(world_csv: str | Path, task: str) -> tuple[Any, list[str]]:
         return out, list(LESION_CLASSES)
     if task == "det":
         out["boxes"] = [
-            json.dumps([b[:4] for b in json.loads(s) if b[4] in PHANTOM_FOCAL]) for s in df["boxes"]
+            json.dumps([b[:4] for b in json.loads(s) if b[4] in targets]) for s in df["boxes"]
         ]
-        return out, ["lesion"]
-    # seg: a few hundred small masks, read once
-    rles = [rle_encode(np.asarray(Image.open(root / m)) > 127) for m in df["mask"]]
+        return out, targets
+    if "mask_classes" not in df.columns:
+        raise DataError(f"{path}: no 'mask_classes' column; regenerate the phantom world")
+    bits = np.uint8(sum(1 << LESION_CLASSES.index(c) for c in targets))
+    rles = []
+    for m in df["mask_classes"]:  # a few hundred small masks, read once
+        try:
+            rles.append(rle_encode((np.asarray(Image.open(root / m)) & bits) > 0))
+        except OSError as e:
+            raise DataError(f"{root / m}: cannot read the phantom class mask ({e})") from None
     out["rle"] = ["" if r == "-1" else r for r in rles]
-    return out, ["lesion"]
+    return out, targets
 
 
 @dataclass
@@ -226,7 +265,7 @@ def build_manifest(cfg: FinetuneConfig, output_dir: Path) -> tuple[Any, list[str
             raise UserError(
                 "data.manifest is for prepared real datasets; the phantom world is built"
             )
-        df, labels = phantom_manifest(_phantom_world(cfg, output_dir), cfg.task)
+        df, labels = phantom_manifest(_phantom_world(cfg, output_dir), cfg.task, d.labels)
         if d.fraction < 100:  # no release lists: always a seeded random share
             train_ids = df.loc[df["split"] == "train", "id"].tolist()
             keep = set(subset(train_ids, d.fraction, cfg.train.seed))
@@ -278,6 +317,11 @@ def build_data(cfg: FinetuneConfig, output_dir: Path, img_size: int) -> TaskData
     d = cfg.data
     if cfg.task == "cls":
         labels, columns = select_labels(labels, columns, list(d.labels), multilabel)
+    elif d.labels and d.dataset != "phantom":
+        raise UserError(
+            f"data.labels selects lesion classes of the phantom world for {cfg.task}; "
+            f"{d.dataset} {cfg.task} has one target, leave data.labels empty"
+        )
     datasets = build_datasets(
         df,
         cfg.task,
@@ -341,12 +385,13 @@ def build_model(cfg: FinetuneConfig, encoder: Any, num_classes: int, multilabel:
             dropout=m.dropout,
         )
     if cfg.task == "seg":
-        from ecamp.models.heads import ConvDecoder
-
-        model = SegmentationModel(encoder, decoder=m.seg_decoder, freeze_encoder=m.linear_probe)
-        if m.seg_decoder == "conv" and list(m.seg_channels) != [256, 128, 64, 32]:
-            model.decoder = ConvDecoder(encoder.embed_dim, channels=tuple(m.seg_channels))
-        return model
+        return SegmentationModel(
+            encoder,
+            decoder=m.seg_decoder,
+            freeze_encoder=m.linear_probe,
+            channels=list(m.seg_channels) or None,
+            prior=m.seg_prior,
+        )
     return DetectionModel(
         encoder, img_size=m.img_size, hidden=m.det_hidden, freeze_encoder=m.linear_probe
     )
@@ -635,6 +680,7 @@ __all__ = [
     "build_model",
     "evaluate",
     "finetune",
+    "phantom_classes",
     "phantom_manifest",
     "task_metric",
 ]

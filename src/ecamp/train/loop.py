@@ -337,14 +337,17 @@ class Trainer:
             g.setdefault("lr", cfg.lr)
             g["base_lr"] = g["lr"]
         self._group_hparams = [{k: v for k, v in g.items() if k != "params"} for g in groups]
-        opt_kwargs: dict[str, Any] = {
-            "lr": cfg.lr,
-            "betas": tuple(cfg.betas),
-            "weight_decay": cfg.weight_decay,
-        }
+        opt_kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
         if self.device.type == "cuda":
             opt_kwargs["fused"] = True
-        self.optimizer = torch.optim.AdamW(groups, **opt_kwargs)
+        if cfg.optimizer == "adamw":
+            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                groups, betas=(cfg.betas[0], cfg.betas[1]), **opt_kwargs
+            )
+        elif cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(groups, momentum=cfg.momentum, **opt_kwargs)
+        else:
+            raise UserError(f"train.optimizer={cfg.optimizer!r}: choose adamw or sgd")
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
 
         self.amp_dtype = resolve_precision(cfg.precision, self.device)
@@ -445,6 +448,12 @@ class Trainer:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
             raise UserError(f"checkpoint {path} does not fit this model: {e}") from None
+        saved_groups = state["optimizer"].get("param_groups") or [{}]
+        if ("betas" in saved_groups[0]) != isinstance(self.optimizer, torch.optim.AdamW):
+            raise UserError(
+                f"checkpoint {path} was trained with another optimizer than "
+                f"train.optimizer={self.cfg.optimizer}; use the same one or another --output"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         # hyper-parameters (lr, weight decay, betas) come from the current config
         for g, hp in zip(self.optimizer.param_groups, self._group_hparams):
