@@ -69,3 +69,16 @@ def test_missing_or_malformed_file(tmp_path: Path) -> None:
     bad.write_text("- a list\n- not a mapping\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(PretrainConfig, bad)
+
+
+@pytest.mark.parametrize(
+    "path", ["configs/paper/pretrain_mimic.yaml", "configs/release/pretrain_mimic_release.yaml"]
+)
+def test_shipped_pretrain_recipes_load(path: str) -> None:
+    cfg = load_config(PretrainConfig, Path(__file__).parent.parent / path)
+    assert cfg.model.embed_dim == 768 and cfg.text.max_length == 256
+    release = "release" in path
+    assert cfg.model.depth == (12 if release else 8)
+    assert (cfg.text.masking_mode, cfg.text.mlm_labels, cfg.model.sr_guidance) == (
+        ("release", "all", "window") if release else ("paper", "masked", "map")
+    )

@@ -468,12 +468,9 @@ def collect_rows(stages: Sequence[Stage], run_dir: Path) -> list[dict[str, Any]]
 
 def results_table(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table: one line per (task, metric), pre-trained vs random init."""
-    keyed: dict[tuple[str, str], dict[str, float | None]] = {}
-    for r in rows:
-        v = r["value"]
-        keyed.setdefault((r["task"], r["metric"]), {})[r["encoder"]] = (
-            None if v is None else float(v)
-        )
+    from ecamp.eval.results import pivot_results
+
+    keyed = pivot_results(rows)
     if not keyed:
         return "(no downstream results)"
     head = f"{'task':<24} {'metric':<8} {'pretrained':>10} {'random':>10} {'delta':>8}"

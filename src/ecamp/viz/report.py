@@ -184,12 +184,9 @@ def _img_tag(png: bytes, alt: str) -> str:
 
 
 def _results_html(rows: Sequence[Mapping[str, Any]]) -> str:
-    keyed: dict[tuple[str, str], dict[str, float | None]] = {}
-    for r in rows:
-        v = r["value"]
-        keyed.setdefault((r["task"], r["metric"]), {})[r["encoder"]] = (
-            None if v is None else float(v)
-        )
+    from ecamp.eval.results import pivot_results
+
+    keyed = pivot_results(rows)
     if not keyed:
         return '<p class="note">No downstream results (the finetune stages did not run).</p>'
     out = [
