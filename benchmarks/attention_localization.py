@@ -8,7 +8,13 @@ the lesion's box.  Prints one JSON line::
     {"mass_in_box": ..., "uniform": ..., "ratio": ..., "n": ..., "per_entity": {...}, ...}
 
 ``uniform`` is the boxes' mean area fraction (what a flat map puts inside), ``ratio`` their
-quotient (target >= 3).  Usage: ``python benchmarks/attention_localization.py [--steps 300]``.
+quotient (target >= 3).  Usage::
+
+    python benchmarks/attention_localization.py [--seed 0] [--gamma1 4] [--schedule cosine] [model.KEY=VALUE ...]
+
+Trailing ``key=value`` arguments override the attention config (``ecamp attention train``
+syntax).  The seed fixes the phantom world, the initial weights, data order and augmentation:
+two runs with one seed on CPU give the same numbers.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 
@@ -30,11 +37,26 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--gamma1",
+        type=float,
+        default=10.0,
+        help="attention temperature (default 10; GLoRIA's 4 leaves near-flat maps here)",
+    )
     parser.add_argument("--attention", default="paper", help="paper | released")
     parser.add_argument("--preset", default="tiny_cnn", help="GLoRIA preset (default tiny_cnn)")
+    parser.add_argument(
+        "--schedule",
+        default="constant",
+        help="constant (lr flat after warm-up) | cosine (decays to 0 at the last step)",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides, e.g. model.cnn_local_stage=3"
+    )
     parser.add_argument("--workdir", help="keep the world and the run here (default: a temp dir)")
     args = parser.parse_args()
 
+    from ecamp.config import apply_overrides
     from ecamp.data.synthetic import make_phantom_world
     from ecamp.text.tokenizer import load_tokenizer
     from ecamp.train.attention import (
@@ -54,28 +76,31 @@ def main() -> None:
         world = work / "world" / "manifest.csv"
         if not world.is_file():
             make_phantom_world(world.parent, n=args.n, seed=args.seed)
-        # constant lr after warm-up (the cosine spans 10k epochs): a run whose cosine ended at
-        # the last step localised worse (ratio 1.28 vs 2.80, same seed), see the report
-        epochs = 10_000
-        cfg = attention_config(
-            {
-                "model": {"preset": args.preset, "attention": args.attention},
-                "data": {"manifest": str(world)},
-                "train": {
-                    "epochs": epochs,
-                    "max_steps": args.steps,
-                    "batch_size": args.batch,
-                    "lr": args.lr,
-                    "warmup_steps": max(1, args.steps // 10),
-                    "seed": args.seed,
-                    "log_every": 50,
-                    "progress": False,
-                    "tensorboard": False,
-                    "device": "cpu",
-                    "resume": "never",
-                },
-            }
+        # the cosine spans train.epochs: "constant" pushes its end far beyond the last step,
+        # "cosine" ends it at the last step (the loop drops incomplete batches)
+        n_train = int((pd.read_csv(world, usecols=["split"])["split"] == "train").sum())
+        epochs = (
+            10_000 if args.schedule == "constant" else -(-args.steps // (n_train // args.batch))
         )
+        data = {
+            "model": {"preset": args.preset, "attention": args.attention, "gamma1": args.gamma1},
+            "data": {"manifest": str(world)},
+            "train": {
+                "epochs": epochs,
+                "max_steps": args.steps,
+                "batch_size": args.batch,
+                "lr": args.lr,
+                "warmup_steps": max(1, args.steps // 10),
+                "seed": args.seed,
+                "log_every": 50,
+                "progress": False,
+                "tensorboard": False,
+                "device": "cpu",
+                "resume": "never",
+            },
+        }
+        apply_overrides(data, list(args.overrides))
+        cfg = attention_config(data)
         run = work / f"run_{args.preset}_{args.attention}_{args.steps}_{args.seed}"
         t0 = time.perf_counter()
         summary = train(cfg, run, evaluate=False)
@@ -94,6 +119,8 @@ def main() -> None:
                 "train_s": round(train_s, 1),
                 "attention": args.attention,
                 "preset": args.preset,
+                "gamma1": cfg.model.gamma1,
+                "batch": cfg.train.batch_size,
                 "final_loss": summary.get("last", {}).get("loss"),
             }
         )

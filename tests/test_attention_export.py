@@ -148,3 +148,20 @@ def test_config_presets_and_train_defaults():
     assert cfg.train.max_steps == 5 and cfg.train.lr == 5e-5 and cfg.train.batch_size == 48
     assert (cfg.model.gamma1, cfg.model.gamma2, cfg.model.gamma3) == (4.0, 5.0, 10.0)
     torch.manual_seed(0)
+
+
+def test_training_is_deterministic_under_a_seed(run, tmp_path):
+    """Same seed -> bit-identical weights (initial weights, data order, augmentation)."""
+    from safetensors.torch import load_file
+
+    from ecamp.train.attention import train
+
+    root, _ = run
+    weights = []
+    for name in ("a", "b"):
+        cfg = load_attention_config(root / "model" / "config.yaml")
+        cfg.train.resume = "never"
+        train(cfg, tmp_path / name, evaluate=False)
+        weights.append(load_file(str(tmp_path / name / "gloria.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

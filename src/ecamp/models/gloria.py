@@ -23,7 +23,11 @@ Temperatures (GLoRIA paper, section 4.1 / its released config ``temp1, temp2, te
 ``gamma1 = 4.0`` (attention), ``gamma2 = 5.0`` (word aggregation), ``gamma3 = 10.0``
 (scale of the global and local logits).  The paper writes them as temperatures; the released
 implementation multiplies similarities by them, and so do we (dividing a cosine by 10 would
-make every softmax nearly uniform).
+make every softmax nearly uniform).  With ``attention="paper"`` the attention logits are
+``gamma1`` x a cosine, so ``gamma1 = 4`` bounds them to +-4: a tiny model trained from scratch
+on the phantom world keeps nearly flat maps (mean entropy 5.2 of at most 5.5 nats on a
+16 x 16 grid); ``model.gamma1=10`` sharpens them (4.4 nats) and localises better
+(benchmarks/attention_localization.py).  The default stays GLoRIA's 4.0.
 
 Attention (``attention`` option): ``"paper"`` takes ``s_ij`` as the cosine of word i and
 region j (features normalised first, so gamma1 acts on a bounded score); ``"released"``

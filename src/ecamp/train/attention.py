@@ -578,6 +578,9 @@ def train(cfg: AttentionConfig, output: str | Path, evaluate: bool = True) -> di
             res = localization(model, val_ds, collate, boxes)
             return {k: float(v) for k, v in res.items() if k != "per_entity"}
 
+    # the Trainer seeds the global RNGs only after the model exists: seed the initial
+    # weights here too, or two runs with one train.seed start from different models
+    torch.manual_seed(cfg.train.seed)
     model = build_model(cfg)
     trainer = Trainer(
         model,
