@@ -57,6 +57,8 @@ def test_appendix_c_pair_3_uncertain_joined_with_or():
         ("Cannot exclude a small effusion.", "effusion", "uncertain"),
         ("Possible right lower lobe pneumonia.", "pneumonia", "uncertain"),
         ("There is no focal air space opacity to suggest a pneumonia.", "pneumonia", "negative"),
+        ("Hyperexpanded lungs, suggestive of emphysema.", "emphysema", "uncertain"),
+        ("Hyperexpansion suggesting underlying emphysema.", "emphysema", "uncertain"),
         ("No pneumothorax, possible small left effusion.", "effusion", "uncertain"),
         ("No pneumothorax, possible small left effusion.", "pneumothorax", "negative"),
         ("No interval change in the right lower lobe opacity.", "opacity", "positive"),

@@ -66,11 +66,24 @@ _PRE_UNC = re.compile(
     r"suspicion (?:for|of)|concern for|concerning for|question of|questionable|questioned|"
     r"equivocal|indeterminate|differential|consider|considered|considerations?|"
     r"worrisome for|possibility|uncertain|unclear|cannot exclude|question|to exclude|"
-    r"exclude|evaluate for|evaluation for|assess for|rule out|r/o|correlate|correlation)\b|\?"
+    r"exclude|evaluate for|evaluation for|assess for|rule out|r/o|correlate|correlation|"
+    r"suggestive of|suggesting|suggests?)\b|\?"
 )
 # Uncertainty cues that only argue about a finding: after a negation they stay negated
 # ("no focal opacity that could represent pneumonia").
-_WEAK_UNC = frozenset({"could", "consider", "considered", "concern for", "concerning for"})
+_WEAK_UNC = frozenset(
+    {
+        "could",
+        "consider",
+        "considered",
+        "concern for",
+        "concerning for",
+        "suggest",
+        "suggests",
+        "suggesting",
+        "suggestive of",
+    }
+)
 _POST_NEG = re.compile(
     r"^[\s,]*(?:(?:is|are|was|were|has|have|has been|have been)\s+)?"
     r"(?:(?:not|no longer)\s+(?:be\s+)?(?:seen|identified|present|visualized|visible|"
