@@ -148,6 +148,7 @@ def test_quality_against_negbio_gold_does_not_regress(iu_reports):
     df = iu_reports[iu_reports["has_negbio_gold"] == 1].reset_index(drop=True)
     preds = [q.predict(t) for t in df["text"]]
     res = q.score(df, preds, uncertain_positive=False)
-    # measured 0.88 (0.89 without the unannotated Hernia column); guard against regressions
-    assert res["micro_without_hernia"]["f1"] >= 0.86
+    # measured 0.922 (0.940 without the unannotated Hernia column); the target is 0.90
+    assert res["micro"]["f1"] >= 0.90
+    assert res["micro_without_hernia"]["f1"] >= 0.92
     assert res["per_finding"]["Pneumothorax"]["recall"] >= 0.7
