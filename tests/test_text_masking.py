@@ -355,3 +355,19 @@ def test_release_mode_matches_step_by_step_reading(test_data) -> None:  # type: 
         assert np.nonzero(out["entity_mask"][r].numpy())[0].tolist() == entity_pos
         n_desc += len(mask_pos)
     assert n_desc > 100
+
+
+def test_fast_encoding_path_equals_the_full_tokenizer() -> None:
+    b = make()
+    texts = [
+        "Right lower lobe OPACITY, 1.5 cm; no effusion.",
+        "Heart size normal.\nNo pneumothorax (stable) since 12/3/2019!",
+        "Naïve café-like opacité in the left base.",  # non-ASCII: the full tokenizer
+        "There is [MASK] effusion and a [SEP]-like token.",  # added tokens: the full tokenizer
+        "   tabs\tand   spaces   ",
+        "",
+    ]
+    fast = b._encode(texts, offsets=True)
+    full = b.tokenizer.encode_batch(texts)
+    for t, a, e in zip(texts, fast, full):
+        assert a.ids == e.ids and a.offsets == e.offsets, t
