@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         if not p.get_default("func"):
-            p.set_defaults(func=module.run)
+            # a stage made only of sub-commands has no run(): called bare, it shows its help
+            p.set_defaults(func=getattr(module, "run", None), command_parser=p)
     return parser
 
 
@@ -58,8 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 0 if args.command is None else 2
+        if args.command is None:
+            parser.print_help()
+            return 0
+        args.command_parser.print_help(sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError) as e:

@@ -37,15 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--top", type=int, default=30, help="descriptors shown in the bar chart (default: 30)"
     )
     p.set_defaults(func=run_stats)
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """``ecamp text`` without a sub-command: list the sub-commands."""
-    print(
-        "usage: ecamp text stats CORPUS [--column report] [--output DIR]; see ecamp text stats --help"
-    )
-    return 2
 
 
 def run_stats(args: argparse.Namespace) -> int:

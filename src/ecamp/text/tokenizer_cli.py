@@ -40,15 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--output", "-o", required=True, metavar="FILE", help="where to write the tokenizer JSON"
     )
     p.set_defaults(func=run_train)
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """``ecamp tokenizer`` without a sub-command: list the sub-commands."""
-    print(
-        "usage: ecamp tokenizer train --input CORPUS --output tok.json; see ecamp tokenizer train --help"
-    )
-    return 2
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -863,12 +863,6 @@ def _run_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    """Without a sub-command: print the usage."""
-    print("usage: ecamp attention {train,export,show} ...  (see ecamp attention SUBCOMMAND --help)")
-    return 2
-
-
 __all__ = [
     "AttentionConfig",
     "AttentionDataConfig",
