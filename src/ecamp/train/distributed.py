@@ -152,6 +152,9 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 def cleanup() -> None:
     """Leave the process group (call once, at the end of a stage)."""
     if is_dist():
+        # every rank must be done with its collectives first: gloo aborts a process whose
+        # peer tears the group down under it ("terminate called without an active exception")
+        dist.barrier()
         dist.destroy_process_group()
 
 
