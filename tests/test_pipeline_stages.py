@@ -223,6 +223,30 @@ def test_changing_pretrain_config_keeps_baseline_fingerprints() -> None:
     assert not any(k.endswith(".random") for k in changed)
 
 
+def test_spelling_out_a_default_changes_no_fingerprint() -> None:
+    """The fingerprint hashes the resolved config: writing a default value re-runs nothing."""
+    from ecamp.pipeline import fingerprints
+
+    a = fingerprints(default_stages(load_pipeline(None, [])))
+    b = fingerprints(
+        default_stages(
+            load_pipeline(
+                None,
+                [
+                    "pretrain.model.use_sr=true",  # a ModelConfig default
+                    "pretrain.model.embed_dim=64",  # what the tiny preset sets anyway
+                    "attention.train.weight_decay=1.0e-6",  # the attention default
+                    "finetune.runs.segmentation.train.seed=0",
+                    "distill.backend=rules",
+                ],
+            )
+        )
+    )
+    assert a == b
+    c = fingerprints(default_stages(load_pipeline(None, ["pretrain.model.use_sr=false"])))
+    assert c["pretrain"] != a["pretrain"] and c["data"] == a["data"]
+
+
 def test_rebase_paths_keeps_images_reachable(tmp_path: Path) -> None:
     import pandas as pd
 

@@ -90,9 +90,11 @@ class Stage:
     (paths for later stages; a ``rows`` list of ``{"task", "metric", "encoder", "value"}``
     becomes part of ``results.json``).  ``outputs`` (relative to the stage folder) must all
     exist for the stage to count as done.  ``requires`` names a module that must be
-    importable; without it the stage is a placeholder.  ``check(config)`` validates the
-    section before anything runs, so a typo fails in seconds, not after hours of earlier
-    stages.  ``extra_fingerprint()`` adds what the config alone does not pin (input files).
+    importable; without it the stage is a placeholder.  ``resolve(config)`` builds the
+    stage's config object from the section: it runs before anything else, so a typo fails in
+    seconds, not after hours of earlier stages, and its result (not the section as written)
+    goes into the fingerprint, so spelling out a default does not re-run a stage.
+    ``extra_fingerprint()`` adds what the config alone does not pin (input files).
     """
 
     name: str
@@ -104,7 +106,7 @@ class Stage:
     enabled: bool = True
     all_ranks: bool = False
     keep_on_change: bool = False
-    check: Callable[[dict[str, Any]], None] | None = None
+    resolve: Callable[[dict[str, Any]], Any] | None = None
     extra_fingerprint: Callable[[], Any] | None = None
 
     def folder(self, run_dir: Path) -> Path:
@@ -153,6 +155,15 @@ def file_stamp(path: str | Path) -> dict[str, Any]:
     return {"path": str(p), "missing": True}
 
 
+def resolved_config(stage: Stage) -> Any:
+    """The stage's config as it will run (defaults filled in), for fingerprints."""
+    if stage.resolve is None:
+        return stage.config
+    from ecamp.config import to_dict
+
+    return to_dict(stage.resolve(stage.config))
+
+
 def fingerprints(stages: Sequence[Stage]) -> dict[str, str]:
     """Each stage's fingerprint: its config, version, extra inputs and its dependencies' fingerprints."""
     fps: dict[str, str] = {}
@@ -167,7 +178,7 @@ def fingerprints(stages: Sequence[Stage]) -> dict[str, str]:
             {
                 "stage": s.name,
                 "version": PIPELINE_VERSION,
-                "config": s.config,
+                "config": resolved_config(s),
                 "inputs": {d: fps[d] for d in s.depends_on},
                 "extra": s.extra_fingerprint() if s.extra_fingerprint else None,
             }
@@ -193,9 +204,9 @@ def check_stages(stages: Sequence[Stage]) -> None:
     """Order and every enabled, available stage's config: fail before any work starts."""
     check_order(stages)
     for s in stages:
-        if s.enabled and s.check is not None and not s.unavailable():
+        if s.enabled and s.resolve is not None and not s.unavailable():
             try:
-                s.check(s.config)
+                s.resolve(s.config)
             except UserError as e:
                 raise UserError(f"stage {s.name}: {e}") from None
 
@@ -578,6 +589,13 @@ def _distill_config(c: dict[str, Any]) -> Any:
     return from_dict(DistillConfig, {k: v for k, v in c.items() if k not in _DISTILL_KEYS})
 
 
+def _distill_resolved(c: dict[str, Any]) -> dict[str, Any]:
+    """The backend config (defaults filled in) plus the pipeline's own distill keys."""
+    from ecamp.config import to_dict
+
+    return {"backend": to_dict(_distill_config(c)), **{k: c[k] for k in _DISTILL_KEYS if k in c}}
+
+
 def _distill_run(ctx: StageContext) -> dict[str, Any]:
     """Distil the reports and merge the text into the manifest (column ``distilled``)."""
     from ecamp.distill import run as R
@@ -815,7 +833,7 @@ def default_stages(cfg: dict[str, Any]) -> list[Stage]:
             "ecamp.distill.run",
             enabled=cfg["distill"].get("enabled", True),
             keep_on_change=True,
-            check=lambda c: (_distill_config(c), None)[1],
+            resolve=_distill_resolved,
             extra_fingerprint=(lambda: file_stamp(dist["input"])) if dist.get("input") else None,
         )
     )
@@ -830,7 +848,7 @@ def default_stages(cfg: dict[str, Any]) -> list[Stage]:
             "ecamp.train.attention",
             enabled=cfg["attention"].get("enabled", True),
             all_ranks=True,
-            check=lambda c: (_attention_cfg(c, "", ""), None)[1],
+            resolve=lambda c: _attention_cfg(c, "", ""),
         )
     )
     pre = _stage_config(cfg["pretrain"].get("base", "pretrain_default.yaml"), cfg["pretrain"])
@@ -844,7 +862,7 @@ def default_stages(cfg: dict[str, Any]) -> list[Stage]:
             "ecamp.train.pretrain",
             enabled=cfg["pretrain"].get("enabled", True),
             all_ranks=True,
-            check=lambda c: (_pretrain_cfg(c, "", "", ""), None)[1],
+            resolve=lambda c: _pretrain_cfg(c, "", "", ""),
         )
     )
     ft = cfg["finetune"]
@@ -879,7 +897,7 @@ def default_stages(cfg: dict[str, Any]) -> list[Stage]:
                     "ecamp.train.finetune",
                     enabled=bool(on),
                     all_ranks=True,
-                    check=lambda c: (_finetune_cfg(c), None)[1],
+                    resolve=_finetune_cfg,
                 )
             )
     rep = _section(cfg, "report")
