@@ -98,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (as train.compile=true does); compile time is reported "
+        "apart and excluded from the timed steps",
+    )
+    ap.add_argument(
         "--threads", type=int, default=0, help="torch threads (0: leave torch's default)"
     )
     args = ap.parse_args(argv)
@@ -120,11 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         opt = torch.optim.AdamW(params, lr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95))
     batch = make_batch(cfg, args.batch, args.labels, device)
     use_bf16 = args.precision == "bf16"
+    run_model = torch.compile(model) if args.compile else model
 
     def step() -> dict[str, float]:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = model(batch)
+            out = run_model(batch)
         out["loss"].backward()
         opt.step()
         return {k: float(v.detach()) for k, v in out.items()}
@@ -137,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     flops = counter.get_total_flops()
     opt.zero_grad(set_to_none=True)
 
-    for _ in range(args.warmup):
+    t0 = time.perf_counter()
+    for _ in range(max(args.warmup, 2 if args.compile else 0)):
         step()
+    warmup_s = time.perf_counter() - t0
     times, losses = [], {}
     for i in range(args.steps):
         _sync(device)
@@ -167,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         "batch": args.batch,
         "steps": args.steps,
         "precision": args.precision,
+        "compile": args.compile,
+        "warmup_s": round(warmup_s, 1),
         "labels": args.labels,
         "threads": torch.get_num_threads(),
         "device": str(device),

@@ -65,3 +65,17 @@ def test_cli_train(tmp_path: Path) -> None:
         main(["tokenizer", "train", "--input", str(corpus), "--column", "text", "-o", str(out)])
         == 2
     )
+
+
+def test_phantom_tokenizer_covers_the_phantom_world_word_for_word() -> None:
+    """Every word of phantom reports it was not trained on (another seed) is one token."""
+    from ecamp.data.synthetic import phantom_reports
+    from ecamp.distill.rules import distilled_text
+
+    tok = load_tokenizer("phantom")
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
+    assert 200 < tok.get_vocab_size() < 1000  # ~100x smaller than the release's 30,000
+    texts = [t for r, d in phantom_reports(120, seed=7) for t in (r, d, distilled_text(r))]
+    pieces = {p for enc in tok.encode_batch(texts) for p in enc.tokens}
+    assert "[UNK]" not in pieces
+    assert not [p for p in pieces if p.startswith("##")]

@@ -49,7 +49,7 @@ class ModelConfig:
     decoder_num_heads: int = 16
     norm_pix_loss: bool = False
     # text side
-    vocab_size: int = 30000
+    vocab_size: int = 30000  # 0: the tokenizer's size (text.tokenizer)
     max_text_len: int = 256
     text_width: int = 768
     text_depth: int = 6
@@ -121,7 +121,9 @@ def model_config(preset: str = "paper", **overrides: Any) -> ModelConfig:
 class TextConfig:
     """Text assembly, tokenisation and entity-centered masking (SPEC.md section 3)."""
 
-    tokenizer: str = "mimic"  # "mimic" (bundled release WordPiece) or a tokenizers JSON path
+    # "mimic" (bundled release WordPiece), "phantom" (bundled, for the synthetic world) or a
+    # tokenizers JSON path
+    tokenizer: str = "mimic"
     max_length: int = 256
     distill_prob: float = 0.8  # insert the distilled report with this probability
     use_distilled: bool = True  # Table 4: context distillation on/off

@@ -409,6 +409,17 @@ def make_phantom_image(
     return _draw_image(_Canvas(size), np.random.default_rng([seed, index]))
 
 
+def phantom_reports(n: int, seed: int = 0, size: int = 256) -> list[tuple[str, str]]:
+    """(report, distilled) of images 0..n-1 of the world with ``seed`` and image ``size``
+    (the same texts :func:`make_phantom_world` writes, without saving any image)."""
+    cv = _Canvas(size)
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        out.append(write_report(_draw_image(cv, rng)[1], rng))
+    return out
+
+
 def make_phantom_world(out_dir: str | Path, n: int = 256, size: int = 256, seed: int = 0) -> Path:
     """Write ``n`` phantom images, masks and ``manifest.csv`` into ``out_dir``; return the manifest path."""
     out = Path(out_dir)

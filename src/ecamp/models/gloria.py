@@ -75,7 +75,7 @@ class GloriaConfig:
     # CNN backbone: which feature stage gives the regions (resnet: index 3 = stride 16)
     cnn_local_stage: int = 3
     # text encoder (BERT)
-    vocab_size: int = 30000
+    vocab_size: int = 30000  # 0: the tokenizer's size (data.tokenizer)
     max_text_len: int = 128
     text_width: int = 768
     text_depth: int = 12

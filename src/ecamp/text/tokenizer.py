@@ -1,9 +1,17 @@
 """Load the release's WordPiece tokenizer (default) or train a new one with ``tokenizers``.
 
-The bundled ``mimic_wordpiece.json`` is the authors' tokenizer (30,000 tokens, lower case,
-[PAD]=0 [UNK]=1 [CLS]=2 [MASK]=3 [SEP]=4).  A newly trained tokenizer gets the same special
-tokens in the same order, the same normaliser and pre-tokeniser, so ids of the special
-tokens never change between the two.
+Two tokenizers are bundled, each loaded by name:
+
+- ``mimic``: ``mimic_wordpiece.json``, the authors' tokenizer (30,000 tokens, lower case,
+  [PAD]=0 [UNK]=1 [CLS]=2 [MASK]=3 [SEP]=4), for real reports;
+- ``phantom``: ``phantom_wordpiece.json``, trained with :func:`train_wordpiece` on the
+  synthetic phantom world's reports (:func:`phantom_corpus`), a few hundred tokens: every word
+  the phantom reports use is one token, and the MLM output layer is ~100x smaller than with
+  ``mimic``, which is what makes tiny pre-training on that world cheap.  Rebuild it with
+  :func:`build_phantom_tokenizer` after changing the report generator (a test checks it).
+
+A newly trained tokenizer gets the same special tokens in the same order, the same normaliser
+and pre-tokeniser, so ids of the special tokens never change between them.
 """
 
 from __future__ import annotations
@@ -22,27 +30,29 @@ from ecamp.utils.io import atomic_write_text
 
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[MASK]", "[SEP]")
 BUNDLED = "mimic"
+BUNDLED_FILES: dict[str, str] = {"mimic": "mimic_wordpiece.json", "phantom": "phantom_wordpiece.json"}
+PHANTOM_VOCAB = 1000  # an upper bound: the phantom corpus fills only a few hundred tokens
 
 
-def _bundled_json() -> str:
-    return resources.files("ecamp.resources").joinpath("mimic_wordpiece.json").read_text("utf-8")
+def _bundled_json(name: str = BUNDLED) -> str:
+    return resources.files("ecamp.resources").joinpath(BUNDLED_FILES[name]).read_text("utf-8")
 
 
 def load_tokenizer(name_or_path: str = BUNDLED) -> tokenizers.Tokenizer:
-    """The bundled release tokenizer (``"mimic"``) or a ``tokenizers`` JSON file.
+    """A bundled tokenizer (``"mimic"``, ``"phantom"``) or a ``tokenizers`` JSON file.
 
     Raises :class:`UserError` when the file is missing, not a tokenizer JSON, not a
     WordPiece model, or lacks one of the special tokens.
     """
-    if name_or_path == BUNDLED:
-        text = _bundled_json()
-        where = "bundled mimic_wordpiece.json"
+    if name_or_path in BUNDLED_FILES:
+        text = _bundled_json(name_or_path)
+        where = f"bundled {BUNDLED_FILES[name_or_path]}"
     else:
         path = Path(name_or_path)
         if not path.is_file():
             raise UserError(
-                f"tokenizer file {path} not found; give a tokenizers JSON file or 'mimic' "
-                "for the bundled one (train one with `ecamp tokenizer train`)"
+                f"tokenizer file {path} not found; give a tokenizers JSON file or one of "
+                f"{sorted(BUNDLED_FILES)} for a bundled one (train one with `ecamp tokenizer train`)"
             )
         text = path.read_text("utf-8", errors="replace")
         where = str(path)
@@ -86,3 +96,20 @@ def train_wordpiece(
         raise UserError("no text to train the tokenizer on (every report is empty)")
     atomic_write_text(out_path, tok.to_str(pretty=True))
     return tok
+
+
+def phantom_corpus(n: int = 2048, seed: int = 0) -> list[str]:
+    """The texts the phantom tokenizer is trained on: reports and distilled reports of a
+    phantom world, plus the rules distiller's sentences for them (what pre-training reads)."""
+    from ecamp.data.synthetic import phantom_reports
+    from ecamp.distill.rules import distilled_text
+
+    texts: list[str] = []
+    for report, distilled in phantom_reports(n, seed=seed):
+        texts += [report, distilled, distilled_text(report)]
+    return texts
+
+
+def build_phantom_tokenizer(out_path: str | Path) -> tokenizers.Tokenizer:
+    """Train the bundled ``phantom`` tokenizer (deterministic) and save it to ``out_path``."""
+    return train_wordpiece(phantom_corpus(), PHANTOM_VOCAB, out_path, min_frequency=1)

@@ -63,7 +63,7 @@ class AttentionDataConfig:
     cache: str = ""  # an image cache folder (ecamp.data.cache); empty = decode files
     splits: tuple[str, ...] = ("train",)  # rows trained on
     text: str = "distilled"  # distilled (see module doc for the fall-backs) | report
-    tokenizer: str = "mimic"
+    tokenizer: str = "mimic"  # mimic | phantom (bundled) | a tokenizers JSON path
     resize: str = "squash"  # squash | pad (aspect kept, zero padding)
     augment: str = (
         "crop"  # crop (random resized crop, never flipped: reports say left/right) | none
@@ -560,6 +560,8 @@ def train(cfg: AttentionConfig, output: str | Path, evaluate: bool = True) -> di
         raise UserError(f"{df.attrs.get('source')}: no rows in split(s) {list(cfg.data.splits)}")
     cfg.data.manifest = str(df.attrs["source"])  # the resolved config names the data trained on
     tok = load_tokenizer(cfg.data.tokenizer)
+    if cfg.model.vocab_size == 0:  # 0: as many rows as the tokenizer has tokens
+        cfg.model.vocab_size = tok.get_vocab_size()
     if tok.get_vocab_size() > cfg.model.vocab_size:
         raise UserError(
             f"tokenizer has {tok.get_vocab_size()} tokens but model.vocab_size={cfg.model.vocab_size}"
@@ -616,6 +618,8 @@ def load_trained(
         )
     if cfg is None:
         cfg = load_attention_config(folder / CONFIG_FILE)
+    elif cfg.model.vocab_size == 0:  # "the tokenizer's size": the one training resolved
+        cfg.model.vocab_size = load_attention_config(folder / CONFIG_FILE).model.vocab_size
     model = build_model(cfg)
     try:
         model.load_state_dict(load_file(str(weights)))

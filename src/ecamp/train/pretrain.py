@@ -161,6 +161,8 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
     du.init_distributed(cfg.train.device)  # before the rank-0-only phantom world is written
     dataset = build_dataset(cfg, out)
     batcher = TextBatcher(cfg.text)
+    if cfg.model.vocab_size == 0:  # 0: as many rows as the tokenizer has tokens
+        cfg.model.vocab_size = batcher.tokenizer.get_vocab_size()
     check_text_fits(cfg, batcher.tokenizer.get_vocab_size())
     model = build_model(cfg)
     trainer = Trainer(
