@@ -30,7 +30,10 @@ from ecamp.utils.io import atomic_write_text
 
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[MASK]", "[SEP]")
 BUNDLED = "mimic"
-BUNDLED_FILES: dict[str, str] = {"mimic": "mimic_wordpiece.json", "phantom": "phantom_wordpiece.json"}
+BUNDLED_FILES: dict[str, str] = {
+    "mimic": "mimic_wordpiece.json",
+    "phantom": "phantom_wordpiece.json",
+}
 PHANTOM_VOCAB = 1000  # an upper bound: the phantom corpus fills only a few hundred tokens
 
 
