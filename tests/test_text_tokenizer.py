@@ -79,3 +79,14 @@ def test_phantom_tokenizer_covers_the_phantom_world_word_for_word() -> None:
     pieces = {p for enc in tok.encode_batch(texts) for p in enc.tokens}
     assert "[UNK]" not in pieces
     assert not [p for p in pieces if p.startswith("##")]
+
+
+def test_fit_vocab_size_takes_the_tokenizer_size_for_zero_and_refuses_too_few_rows() -> None:
+    from ecamp.text.tokenizer import fit_vocab_size
+
+    tok = load_tokenizer("phantom")
+    n = tok.get_vocab_size()
+    assert fit_vocab_size(0, tok, "phantom") == n
+    assert fit_vocab_size(30000, tok, "phantom") == 30000
+    with pytest.raises(UserError, match=f"set model.vocab_size={n}"):
+        fit_vocab_size(n - 1, tok, "phantom")

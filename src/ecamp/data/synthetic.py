@@ -40,6 +40,7 @@ n images is a prefix of a larger one.  Image-left is the patient's right, as on 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -409,15 +410,23 @@ def make_phantom_image(
     return _draw_image(_Canvas(size), np.random.default_rng([seed, index]))
 
 
+def _draws(
+    n: int, size: int, seed: int
+) -> Iterator[tuple[np.ndarray, list[Lesion], float, str, str, np.random.Generator]]:
+    """Image, lesions, ctr, report, distilled report of images 0..n-1, and each image's rng
+    (left where the report ended: the split is drawn from it next)."""
+    cv = _Canvas(size)
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        img, lesions, ctr = _draw_image(cv, rng)
+        report, distilled = write_report(lesions, rng)
+        yield img, lesions, ctr, report, distilled, rng
+
+
 def phantom_reports(n: int, seed: int = 0, size: int = 256) -> list[tuple[str, str]]:
     """(report, distilled) of images 0..n-1 of the world with ``seed`` and image ``size``
     (the same texts :func:`make_phantom_world` writes, without saving any image)."""
-    cv = _Canvas(size)
-    out = []
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        out.append(write_report(_draw_image(cv, rng)[1], rng))
-    return out
+    return [(report, distilled) for _, _, _, report, distilled, _ in _draws(n, size, seed)]
 
 
 def make_phantom_world(out_dir: str | Path, n: int = 256, size: int = 256, seed: int = 0) -> Path:
@@ -425,13 +434,9 @@ def make_phantom_world(out_dir: str | Path, n: int = 256, size: int = 256, seed:
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    cv = _Canvas(size)
     bits = {c: np.uint8(1 << k) for k, c in enumerate(LESION_CLASSES)}
     rows = []
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        img, lesions, ctr = _draw_image(cv, rng)
-        report, distilled = write_report(lesions, rng)
+    for i, (img, lesions, ctr, report, distilled, rng) in enumerate(_draws(n, size, seed)):
         u = rng.random()
         split = "train" if u < 0.7 else ("validate" if u < 0.85 else "test")
         key = f"phantom_{i:05d}"

@@ -94,34 +94,18 @@ class GloriaConfig:
     local_weight: float = 1.0
 
 
+# the text side and joint space of both tiny presets
+_TINY_TEXT: dict[str, Any] = dict(
+    max_text_len=64, text_width=64, text_depth=2, text_heads=4, text_ffn=128, proj_dim=64
+)
 GLORIA_PRESETS: dict[str, dict[str, Any]] = {
     # seconds on one CPU core: tests, the benchmark and the phantom-world demo
-    "tiny": dict(
-        img_size=96,
-        patch_size=8,
-        embed_dim=64,
-        depth=2,
-        num_heads=4,
-        max_text_len=64,
-        text_width=64,
-        text_depth=2,
-        text_heads=4,
-        text_ffn=128,
-        proj_dim=64,
-    ),
+    "tiny": dict(img_size=96, patch_size=8, embed_dim=64, depth=2, num_heads=4, **_TINY_TEXT),
     # tiny text side + a small timm CNN whose stride-8 stage gives a 16 x 16 region grid at
     # 128 px: on the phantom world it localises within a few hundred CPU steps, where the
     # tiny ViT from scratch needs many more (benchmarks/attention_localization.py)
     "tiny_cnn": dict(
-        backbone="mobilenetv3_small_100",
-        img_size=128,
-        cnn_local_stage=2,
-        max_text_len=64,
-        text_width=64,
-        text_depth=2,
-        text_heads=4,
-        text_ffn=128,
-        proj_dim=64,
+        backbone="mobilenetv3_small_100", img_size=128, cnn_local_stage=2, **_TINY_TEXT
     ),
     # ViT-B/16 + BERT-base, as the GLoRIA ViT baseline of the ECAMP paper
     "paper": dict(),

@@ -75,6 +75,23 @@ def load_tokenizer(name_or_path: str = BUNDLED) -> tokenizers.Tokenizer:
     return tok
 
 
+def fit_vocab_size(vocab_size: int, tokenizer: tokenizers.Tokenizer, name: str) -> int:
+    """The rows a model's vocabulary needs for ``tokenizer`` (named ``name`` in errors):
+    ``vocab_size``, or the tokenizer's size when it is 0.
+
+    Raises :class:`UserError` when the tokenizer has more tokens than ``vocab_size`` rows.
+    """
+    n = tokenizer.get_vocab_size()
+    if vocab_size == 0:
+        return n
+    if n > vocab_size:
+        raise UserError(
+            f"the tokenizer {name!r} has {n} tokens but model.vocab_size={vocab_size}; "
+            f"set model.vocab_size={n} (or 0 for the tokenizer's size)"
+        )
+    return vocab_size
+
+
 def train_wordpiece(
     texts: Iterable[str], vocab_size: int, out_path: str | Path, min_frequency: int = 2
 ) -> tokenizers.Tokenizer:

@@ -548,7 +548,7 @@ def train(cfg: AttentionConfig, output: str | Path, evaluate: bool = True) -> di
     """
     from safetensors.torch import save_file
 
-    from ecamp.text.tokenizer import load_tokenizer
+    from ecamp.text.tokenizer import fit_vocab_size, load_tokenizer
     from ecamp.train import distributed as du
     from ecamp.train.loop import Trainer
     from ecamp.utils.io import atomic_write
@@ -560,12 +560,7 @@ def train(cfg: AttentionConfig, output: str | Path, evaluate: bool = True) -> di
         raise UserError(f"{df.attrs.get('source')}: no rows in split(s) {list(cfg.data.splits)}")
     cfg.data.manifest = str(df.attrs["source"])  # the resolved config names the data trained on
     tok = load_tokenizer(cfg.data.tokenizer)
-    if cfg.model.vocab_size == 0:  # 0: as many rows as the tokenizer has tokens
-        cfg.model.vocab_size = tok.get_vocab_size()
-    if tok.get_vocab_size() > cfg.model.vocab_size:
-        raise UserError(
-            f"tokenizer has {tok.get_vocab_size()} tokens but model.vocab_size={cfg.model.vocab_size}"
-        )
+    cfg.model.vocab_size = fit_vocab_size(cfg.model.vocab_size, tok, cfg.data.tokenizer)
     collate = GloriaCollator(tok, cfg.model.max_text_len)
     ds = AttentionDataset(train_df, cfg.data, cfg.model.img_size, cfg.model.in_chans, train=True)
     eval_fn = None

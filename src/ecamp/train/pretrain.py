@@ -135,16 +135,11 @@ def build_model(cfg: PretrainConfig) -> Any:
     return model
 
 
-def check_text_fits(cfg: PretrainConfig, vocab_size: int) -> None:
-    """The text pipeline's sequences and ids must fit the text decoder."""
+def check_text_fits(cfg: PretrainConfig) -> None:
+    """The text pipeline's sequences must fit the text decoder's positions."""
     if cfg.text.max_length > cfg.model.max_text_len:
         raise UserError(
             f"text.max_length={cfg.text.max_length} exceeds model.max_text_len={cfg.model.max_text_len}"
-        )
-    if vocab_size > cfg.model.vocab_size:
-        raise UserError(
-            f"the tokenizer {cfg.text.tokenizer!r} has {vocab_size} tokens but model.vocab_size="
-            f"{cfg.model.vocab_size}; set model.vocab_size={vocab_size}"
         )
 
 
@@ -153,6 +148,7 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
     from ecamp.data.pretrain import PretrainCollator
     from ecamp.models.checkpoints import export_encoder
     from ecamp.text.masking import TextBatcher
+    from ecamp.text.tokenizer import fit_vocab_size
     from ecamp.train import distributed as du
     from ecamp.train.loop import Trainer
     from ecamp.utils.io import atomic_write_text
@@ -161,9 +157,10 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
     du.init_distributed(cfg.train.device)  # before the rank-0-only phantom world is written
     dataset = build_dataset(cfg, out)
     batcher = TextBatcher(cfg.text)
-    if cfg.model.vocab_size == 0:  # 0: as many rows as the tokenizer has tokens
-        cfg.model.vocab_size = batcher.tokenizer.get_vocab_size()
-    check_text_fits(cfg, batcher.tokenizer.get_vocab_size())
+    cfg.model.vocab_size = fit_vocab_size(
+        cfg.model.vocab_size, batcher.tokenizer, cfg.text.tokenizer
+    )
+    check_text_fits(cfg)
     model = build_model(cfg)
     trainer = Trainer(
         model,
