@@ -43,12 +43,16 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from ecamp.data.manifest import write_table
+
+if TYPE_CHECKING:
+    import tokenizers
 
 LESION_CLASSES: tuple[str, ...] = (
     "opacity",
@@ -75,6 +79,7 @@ _LOBES = {
     ("left", "middle"): "lingula",
     ("left", "lower"): "left lower lobe",
 }
+PHANTOM_VOCAB = 1000  # tokenizer size bound: the phantom corpus fills only a few hundred tokens
 _MM_PER_UNIT = 380.0  # image width in mm, for nodule sizes in reports
 
 
@@ -427,6 +432,30 @@ def phantom_reports(n: int, seed: int = 0, size: int = 256) -> list[tuple[str, s
     """(report, distilled) of images 0..n-1 of the world with ``seed`` and image ``size``
     (the same texts :func:`make_phantom_world` writes, without saving any image)."""
     return [(report, distilled) for _, _, _, report, distilled, _ in _draws(n, size, seed)]
+
+
+def phantom_corpus(n: int = 2048, seed: int = 0) -> list[str]:
+    """The texts the phantom tokenizer is trained on: reports and distilled reports of a
+    phantom world, plus the rules distiller's sentences for them (what pre-training reads)."""
+    from ecamp.distill.rules import distilled_text
+
+    texts: list[str] = []
+    for report, distilled in phantom_reports(n, seed=seed):
+        texts += [report, distilled, distilled_text(report)]
+    return texts
+
+
+def build_phantom_tokenizer(out_path: str | Path) -> tokenizers.Tokenizer:
+    """Train a ``phantom`` tokenizer like the bundled one and save it to ``out_path``
+    (``ecamp.text.tokenizer.load_tokenizer("phantom")`` reads the copy in the package).
+
+    ``tokenizers`` breaks ties between equally frequent merges in no fixed order, so a rebuild
+    can differ from the bundled file in its intermediate word-pieces and their ids (seen: 17
+    of 351); a model trained with one must keep using that file.
+    """
+    from ecamp.text.tokenizer import train_wordpiece
+
+    return train_wordpiece(phantom_corpus(), PHANTOM_VOCAB, out_path, min_frequency=1)
 
 
 def make_phantom_world(out_dir: str | Path, n: int = 256, size: int = 256, seed: int = 0) -> Path:

@@ -5,10 +5,11 @@ Two tokenizers are bundled, each loaded by name:
 - ``mimic``: ``mimic_wordpiece.json``, the authors' tokenizer (30,000 tokens, lower case,
   [PAD]=0 [UNK]=1 [CLS]=2 [MASK]=3 [SEP]=4), for real reports;
 - ``phantom``: ``phantom_wordpiece.json``, trained with :func:`train_wordpiece` on the
-  synthetic phantom world's reports (:func:`phantom_corpus`), a few hundred tokens: every word
-  the phantom reports use is one token, and the MLM output layer is ~100x smaller than with
-  ``mimic``, which is what makes tiny pre-training on that world cheap.  Rebuild it with
-  :func:`build_phantom_tokenizer` after changing the report generator (a test checks it).
+  synthetic phantom world's reports, a few hundred tokens: every word the phantom reports use
+  is one token, and the MLM output layer is ~100x smaller than with ``mimic``, which is what
+  makes tiny pre-training on that world cheap.  Rebuild it with
+  :func:`ecamp.data.synthetic.build_phantom_tokenizer` after changing the report generator
+  (a test checks it).
 
 A newly trained tokenizer gets the same special tokens in the same order, the same normaliser
 and pre-tokeniser, so ids of the special tokens never change between them.
@@ -34,7 +35,6 @@ BUNDLED_FILES: dict[str, str] = {
     "mimic": "mimic_wordpiece.json",
     "phantom": "phantom_wordpiece.json",
 }
-PHANTOM_VOCAB = 1000  # an upper bound: the phantom corpus fills only a few hundred tokens
 
 
 def _bundled_json(name: str = BUNDLED) -> str:
@@ -116,20 +116,3 @@ def train_wordpiece(
         raise UserError("no text to train the tokenizer on (every report is empty)")
     atomic_write_text(out_path, tok.to_str(pretty=True))
     return tok
-
-
-def phantom_corpus(n: int = 2048, seed: int = 0) -> list[str]:
-    """The texts the phantom tokenizer is trained on: reports and distilled reports of a
-    phantom world, plus the rules distiller's sentences for them (what pre-training reads)."""
-    from ecamp.data.synthetic import phantom_reports
-    from ecamp.distill.rules import distilled_text
-
-    texts: list[str] = []
-    for report, distilled in phantom_reports(n, seed=seed):
-        texts += [report, distilled, distilled_text(report)]
-    return texts
-
-
-def build_phantom_tokenizer(out_path: str | Path) -> tokenizers.Tokenizer:
-    """Train the bundled ``phantom`` tokenizer (deterministic) and save it to ``out_path``."""
-    return train_wordpiece(phantom_corpus(), PHANTOM_VOCAB, out_path, min_frequency=1)
