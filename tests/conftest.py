@@ -34,7 +34,9 @@ def test_data() -> Callable[[str], Path]:
     root = os.environ.get("ECAMP_TEST_DATA")
     if not root:
         pytest.skip("ECAMP_TEST_DATA is not set: real sample data (../shared/data) not available")
-    base = Path(root)
+    # absolute, so paths handed out stay valid from any folder (tests symlink to them, and a
+    # relative link target resolves against the link's own folder)
+    base = Path(root).resolve()
     if not base.is_dir():
         pytest.fail(f"ECAMP_TEST_DATA={root} is set but is not a folder")
 
