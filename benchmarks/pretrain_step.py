@@ -19,11 +19,19 @@ Where the arithmetic differs from the authors' release (same model, same losses)
   loops over the batch and builds pixel masks with ``kron`` on full images); the MIM loss
   is computed in patch space instead of multiplying whole images by pixel masks.
 - bf16 autocast (``--precision bf16``; ``fp32`` turns it off); losses are in fp32.
-- Fused attention (``scaled_dot_product_attention``) in the ViT encoder/decoder (timm),
-  the BERT layers (transformers ``sdpa``) and the MSCF layer; the release's BERT used eager
-  attention.
+- Fused attention (``scaled_dot_product_attention``) in the ViT encoder/decoder (timm);
+  the release's BERT used eager attention.
+- Text-side dropout (p = 0.1 on hidden states and attention probabilities, as the release):
+  on a CPU each mask element takes 16 bits of a 64-bit random draw instead of one 32-bit
+  Mersenne-Twister draw (``ecamp.models.dropout``), so p is 0.1 rounded to a multiple of
+  2**-16 (0.100006) and the mask stream differs; the attention with dropout is the math form
+  (softmax in fp32), which is what sdpa itself runs on a CPU when dropout is on.  On CUDA
+  torch's fused dropout and sdpa are used unchanged.
 - The BERT pooler that the release builds and evaluates (and never uses) is not built.
 - AdamW uses the fused implementation where torch provides it.
+- On a CPU, glibc keeps freed memory for reuse (``ecamp.utils.allocator``, as the training
+  loop does on a CPU), so re-allocated gradients and activations do not page-fault each step;
+  ``--malloc default`` measures without it.  This changes no arithmetic.
 - ``--compile`` (= ``train.compile=true``) runs the model through ``torch.compile``: the same
   arithmetic, with the elementwise work between the matmuls (dropout, LayerNorm, GELU, the
   bf16 casts, the loss) fused into generated kernels.  The one-off compile time is reported
@@ -115,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--threads", type=int, default=0, help="torch threads (0: leave torch's default)"
     )
+    ap.add_argument(
+        "--malloc",
+        choices=("keep", "default"),
+        default="keep",
+        help="keep: glibc keeps freed memory (what the training loop sets on a CPU); "
+        "default: glibc's own thresholds",
+    )
     args = ap.parse_args(argv)
 
     from torch.utils.flop_counter import FlopCounterMode
@@ -125,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    malloc_kept = False
+    if args.malloc == "keep" and device.type == "cpu":
+        from ecamp.utils.allocator import keep_freed_memory
+
+        malloc_kept = keep_freed_memory()
     torch.manual_seed(0)
     cfg = model_config(args.preset)
     model = ECAMPModel(cfg).to(device).train()
@@ -158,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         step()
     warmup_s = time.perf_counter() - t0
     times, losses = [], {}
+    faults = -resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for i in range(args.steps):
         _sync(device)
         t = time.perf_counter()
@@ -165,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         _sync(device)
         times.append(time.perf_counter() - t)
         print(f"step {i}: {times[-1]:.3f} s {losses}", file=sys.stderr)
+    faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     med = statistics.median(times)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     bf16_peak = matmul_peak(torch.bfloat16, device)
@@ -188,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         "compile": args.compile_mode if args.compile else False,
         "warmup_s": round(warmup_s, 1),
         "labels": args.labels,
+        "malloc_kept": malloc_kept,
+        "minor_faults_per_step": round(faults / args.steps),
         "threads": torch.get_num_threads(),
         "device": str(device),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),

@@ -336,3 +336,38 @@ def test_other_ranks_wait_for_rank0_and_share_its_results(
     assert done["a"] == done["b"] == "skipped"
     # c and d: waited for (ran on rank 0) or, when rank 0 was quicker, found done
     assert {done["c"], done["d"]} <= {"ran", "skipped"}
+
+
+def test_a_downstream_run_reports_each_metric_it_names(tmp_path: Path, monkeypatch) -> None:
+    import ecamp.train.finetune as ft
+    from ecamp.pipeline import _finetune_run
+
+    res = {"metric": "map", "value": 0.0, "metrics": {"map": 0.0, "map_coco": 0.09}}
+    monkeypatch.setattr(ft, "finetune", lambda cfg, out: res)
+    data = {"data": {"phantom": False, "image_root": ""}}
+    ctx = StageContext("finetune.detection.random", tmp_path, {"task": "det"}, tmp_path, data)
+    one = _finetune_run("detection", "random")(ctx)["rows"]
+    assert [(r["metric"], r["value"]) for r in one] == [("map", 0.0)]
+    ctx.config["metric"] = ["map", "map_coco", "missing"]
+    rows = _finetune_run("detection", "random")(ctx)["rows"]
+    assert [(r["metric"], r["value"]) for r in rows] == [
+        ("map", 0.0),
+        ("map_coco", 0.09),
+        ("missing", None),
+    ]
+    # the default pipeline shows both detection metrics
+    runs = load_pipeline(None)["finetune"]["runs"]
+    assert runs["detection"]["metric"] == ["map", "map_coco"]
+
+
+def test_reported_metric_and_world_choice_are_fingerprinted() -> None:
+    from ecamp.pipeline import fingerprints
+
+    def fp(*overrides: str) -> str:
+        cfg = load_pipeline(None, list(overrides))
+        return fingerprints(default_stages(cfg))["finetune.detection.random"]
+
+    base = fp()
+    assert fp("finetune.runs.detection.metric=map") != base
+    assert fp("finetune.runs.detection.share_world=false") != base
+    assert fp("finetune.runs.detection.metric=[map, map_coco]") == base

@@ -754,6 +754,15 @@ def _pretrain_run(ctx: StageContext) -> dict[str, Any]:
 _FINETUNE_KEYS = ("metric", "enabled", "base", "share_world")
 
 
+def _finetune_resolved(c: dict[str, Any]) -> dict[str, Any]:
+    """What a finetune stage's fingerprint covers: its FinetuneConfig and the pipeline keys."""
+    return {
+        "config": _finetune_cfg(c),
+        "metric": c.get("metric"),
+        "share_world": c.get("share_world", True),
+    }
+
+
 def _finetune_cfg(c: dict[str, Any], init: str = "random", phantom_root: str = "") -> Any:
     """The FinetuneConfig of one run: its dict, the encoder to start from, the shared world."""
     from ecamp.config import from_dict
@@ -789,18 +798,20 @@ def _finetune_run(run: str, encoder: str) -> Callable[[StageContext], dict[str, 
         cfg = _finetune_cfg(ctx.config, init, phantom)
         cfg.output = str(ctx.dir)
         res = finetune(cfg, ctx.dir)
-        metric = ctx.config.get("metric") or res.get("metric")
-        value = (
-            res.get("value")
-            if metric == res.get("metric")
-            else (res.get("metrics") or {}).get(metric)
-        )
-        if value is None:
-            log.warning(
-                "%s: %s is undefined on the test split (recorded as null)", ctx.name, metric
+        wanted = ctx.config.get("metric") or res.get("metric")
+        rows = []
+        for metric in [wanted] if isinstance(wanted, str) else list(wanted):
+            value = (
+                res.get("value")
+                if metric == res.get("metric")
+                else (res.get("metrics") or {}).get(metric)
             )
-        value = None if value is None else float(value)
-        rows = [{"task": run, "metric": metric, "encoder": encoder, "value": value}]
+            if value is None:
+                log.warning(
+                    "%s: %s is undefined on the test split (recorded as null)", ctx.name, metric
+                )
+            value = None if value is None else float(value)
+            rows.append({"task": run, "metric": metric, "encoder": encoder, "value": value})
         return {"rows": rows, "metrics": res.get("metrics"), "output": str(ctx.dir)}
 
     return go
@@ -897,7 +908,7 @@ def default_stages(cfg: dict[str, Any]) -> list[Stage]:
                     "ecamp.train.finetune",
                     enabled=bool(on),
                     all_ranks=True,
-                    resolve=_finetune_cfg,
+                    resolve=_finetune_resolved,
                 )
             )
     rep = _section(cfg, "report")

@@ -17,14 +17,15 @@ parameters at all.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertIntermediate, BertOutput, BertSelfOutput
 
+from ecamp.models.dropout import attention, replace_dropout
+
 
 class MultiHeadAttention(nn.Module):
-    """query/key/value projections + fused (sdpa) attention; returns the merged heads."""
+    """query/key/value projections + attention (:func:`ecamp.models.dropout.attention`)."""
 
     def __init__(self, width: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -46,7 +47,7 @@ class MultiHeadAttention(nn.Module):
         k = self.key(context).view(split).transpose(1, 2)
         v = self.value(context).view(split).transpose(1, 2)
         p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p)
+        out = attention(q, k, v, key_mask, dropout_p=p)
         return out.transpose(1, 2).reshape(b, lq, w)
 
 
@@ -83,6 +84,7 @@ class MSCF(nn.Module):
             self.out_layer = BertSelfOutput(config)
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
+        replace_dropout(self)
 
     def forward(
         self,

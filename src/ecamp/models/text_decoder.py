@@ -1,7 +1,8 @@
 """BERT-style text decoder with an MLM head (SPEC.md section 3).
 
 Built from ``transformers``' BERT blocks, randomly initialised from :class:`ModelConfig`
-(never from a hub), with fused attention (``sdpa``).  The MSCF fusion layer
+(never from a hub).  Attention and dropout come from :mod:`ecamp.models.dropout`: fused
+``sdpa`` attention, and dropout masks that are cheap on CPUs.  The MSCF fusion layer
 (:mod:`ecamp.models.fusion`) runs between :meth:`TextDecoder.embed` and
 :meth:`TextDecoder.encode`; :class:`~ecamp.models.ecamp.ECAMPModel` wires them.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig
+from transformers import AttentionInterface, BertConfig
 from transformers.models.bert.modeling_bert import (
     BertEmbeddings,
     BertEncoder,
@@ -23,8 +24,11 @@ from transformers.models.bert.modeling_bert import (
 )
 
 from ecamp.config import ModelConfig
+from ecamp.models.dropout import bert_attention, replace_dropout
 
 IGNORE_INDEX = -100
+ATTENTION = "ecamp"  # transformers' name for :func:`ecamp.models.dropout.bert_attention`
+AttentionInterface.register(ATTENTION, bert_attention)
 
 
 def bert_config(cfg: ModelConfig) -> BertConfig:
@@ -42,7 +46,7 @@ def bert_config(cfg: ModelConfig) -> BertConfig:
         type_vocab_size=2,
         layer_norm_eps=1e-12,
         pad_token_id=cfg.pad_token_id,
-        attn_implementation="sdpa",  # type: ignore[call-arg]
+        attn_implementation=ATTENTION,  # type: ignore[call-arg]
     )
 
 
@@ -94,6 +98,7 @@ class TextDecoder(nn.Module):
         self.embeddings = BertEmbeddings(self.config)
         self.encoder = BertEncoder(self.config)
         self.mlm_head = MLMHead(self.config)
+        replace_dropout(self)
         if cfg.text_tie_embeddings:
             self.mlm_head.predictions.decoder.weight = self.embeddings.word_embeddings.weight
 

@@ -48,6 +48,7 @@ from ecamp.train.checkpoint import (
 )
 from ecamp.train.metrics_log import MetricsLogger, open_tensorboard
 from ecamp.train.schedule import WarmupCosine
+from ecamp.utils.allocator import keep_freed_memory
 from ecamp.utils.io import atomic_write_text
 from ecamp.utils.logging import get_logger
 
@@ -268,6 +269,20 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     raise UserError(f"train.precision={precision!r}: choose auto, bf16, fp16 or fp32")
 
 
+def build_optimizer(
+    cfg: TrainConfig, groups: list[dict[str, Any]], device: torch.device
+) -> torch.optim.Optimizer:
+    """AdamW or SGD over ``groups``, fused (one kernel for all parameters) where torch has it."""
+    kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if device.type in ("cpu", "cuda"):
+        kwargs["fused"] = True
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, betas=(cfg.betas[0], cfg.betas[1]), **kwargs)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=cfg.momentum, **kwargs)
+    raise UserError(f"train.optimizer={cfg.optimizer!r}: choose adamw or sgd")
+
+
 def _config_dict(cfg: Any) -> dict[str, Any] | None:
     if cfg is None:
         return None
@@ -326,6 +341,8 @@ class Trainer:
         np.random.seed(seed & 0xFFFFFFFF)
         torch.manual_seed(seed)
 
+        if self.device.type == "cpu":
+            keep_freed_memory()  # no page faults on re-allocated gradients (utils/allocator)
         self.model = model.to(self.device)
         self.fingerprint = model_fingerprint(self.model)
         groups = (
@@ -337,17 +354,7 @@ class Trainer:
             g.setdefault("lr", cfg.lr)
             g["base_lr"] = g["lr"]
         self._group_hparams = [{k: v for k, v in g.items() if k != "params"} for g in groups]
-        opt_kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-        if self.device.type == "cuda":
-            opt_kwargs["fused"] = True
-        if cfg.optimizer == "adamw":
-            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-                groups, betas=(cfg.betas[0], cfg.betas[1]), **opt_kwargs
-            )
-        elif cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(groups, momentum=cfg.momentum, **opt_kwargs)
-        else:
-            raise UserError(f"train.optimizer={cfg.optimizer!r}: choose adamw or sgd")
+        self.optimizer = build_optimizer(cfg, groups, self.device)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
 
         self.amp_dtype = resolve_precision(cfg.precision, self.device)
