@@ -798,7 +798,7 @@ def _finetune_run(run: str, encoder: str) -> Callable[[StageContext], dict[str, 
         cfg = _finetune_cfg(ctx.config, init, phantom)
         cfg.output = str(ctx.dir)
         res = finetune(cfg, ctx.dir)
-        wanted = ctx.config.get("metric") or res.get("metric")
+        wanted = ctx.config.get("metric") or res.get("metric") or []
         rows = []
         for metric in [wanted] if isinstance(wanted, str) else list(wanted):
             value = (

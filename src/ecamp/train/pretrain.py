@@ -145,6 +145,8 @@ def check_text_fits(cfg: PretrainConfig) -> None:
 
 def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
     """Run one pre-training job into ``output_dir``; returns the summary (also results.json)."""
+    import torch
+
     from ecamp.data.pretrain import PretrainCollator
     from ecamp.models.checkpoints import export_encoder
     from ecamp.text.masking import TextBatcher
@@ -161,6 +163,9 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
         cfg.model.vocab_size, batcher.tokenizer, cfg.text.tokenizer
     )
     check_text_fits(cfg)
+    # the initial weights follow train.seed, whatever ran before in this process (pipeline
+    # stages, a skipped stage on resume) and on every rank
+    torch.manual_seed(cfg.train.seed)
     model = build_model(cfg)
     trainer = Trainer(
         model,
