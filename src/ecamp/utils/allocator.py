@@ -3,7 +3,7 @@
 glibc gives every block above its mmap threshold (128 KiB at start, raised on the fly up to
 32 MiB) fresh pages from the kernel and hands them back on ``free``.  A training step frees
 and re-allocates its gradients and activations, so each step faults in every page anew: about
-250,000 minor page faults (1 GB) and 10% of a release-size CPU pre-training step
+250,000 minor page faults (1 GB) and 13% of a release-size CPU pre-training step
 (``benchmarks/pretrain_step.py --malloc default`` shows it).  Raising the mmap and trim
 thresholds makes glibc reuse freed blocks instead; the peak resident memory stays the same.
 
