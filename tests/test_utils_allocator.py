@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import resource
 import sys
 
@@ -13,29 +14,36 @@ from ecamp.train.loop import build_optimizer
 from ecamp.utils.allocator import keep_freed_memory
 
 
-def _faults_per_reallocation(n_bytes: int, rounds: int = 6) -> list[int]:
-    """Minor page faults of each round of allocating, touching and freeing n_bytes."""
-    faults = []
-    for _ in range(rounds):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        t = torch.empty(n_bytes // 4)
-        t.fill_(1.0)
-        del t
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    return faults
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.sbrk.restype = ctypes.c_void_p
+    libc.sbrk.argtypes = [ctypes.c_ssize_t]
+    return libc
 
 
 @pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only"
 )
-def test_reallocated_blocks_do_not_page_fault():
+def test_large_blocks_come_from_the_heap_and_are_reused():
     if not keep_freed_memory():
         pytest.skip("the C library is not glibc")
-    # 64 MiB is above glibc's largest default mmap threshold (32 MiB): without the tuning
-    # every round maps fresh pages (16,384 faults a round).  With it, a round may still have
-    # to grow the heap once (where earlier tests left it fragmented), then blocks are reused.
-    faults = _faults_per_reallocation(64 << 20)
-    assert sorted(faults)[len(faults) // 2] < 1000, faults
+    libc = _libc()
+    # 64 MiB is above glibc's largest default mmap threshold (32 MiB): untuned, it is a fresh
+    # mmap far above the heap's break, and freeing it unmaps it (16,384 faults a round)
+    n = 64 << 20
+    p = libc.malloc(n)
+    ctypes.memset(p, 1, n)
+    assert p < libc.sbrk(0), "the block was mmapped, not taken from the heap"
+    libc.free(p)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    q = libc.malloc(n)
+    ctypes.memset(q, 2, n)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    libc.free(q)
+    assert faults < 1000, faults
     assert keep_freed_memory()  # idempotent
 
 

@@ -6,6 +6,9 @@ and re-allocates its gradients and activations, so each step faults in every pag
 250,000 minor page faults (1 GB) and 13% of a release-size CPU pre-training step
 (``benchmarks/pretrain_step.py --malloc default`` shows it).  Raising the mmap and trim
 thresholds makes glibc reuse freed blocks instead; the peak resident memory stays the same.
+Some faults remain (about 12,000 a step): torch's blocks are 64-byte aligned, and when small
+allocations take a freed block's alignment slack, the next block of that size no longer fits
+and the heap grows instead.
 
 Only CPU training gains from this (a GPU step allocates little host memory), and it is a no-op
 where the C library is not glibc.
