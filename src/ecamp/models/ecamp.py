@@ -214,6 +214,30 @@ class ECAMPModel(nn.Module):
         return {"loss": loss, **out}
 
     @torch.no_grad()
+    def mscf_attention(
+        self, imgs: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """MSCF's cross-attention of each text token over the image patches (paper Fig. 4).
+
+        imgs (B, C, img, img) at the encoder's resolution, every patch visible (no masking);
+        -> (B, L, g, g) with g = img / patch, the mean over heads; each row sums to 1.
+        """
+        if self.text is None or self.fusion is None or not self.cfg.fusion_local:
+            raise UserError(
+                "this model has no MSCF local path (use_mlm or fusion_local is off): "
+                "there is no text-to-image attention to show"
+            )
+        assert self.vision_proj is not None
+        b, n = imgs.shape[0], (imgs.shape[-1] // self.cfg.patch_size) ** 2
+        in_order = torch.arange(n, device=imgs.device, dtype=torch.float32).expand(b, n)
+        latent, _, _ = self.encoder.forward_masked(imgs, 0.0, noise=in_order)
+        local = self.vision_proj(latent[:, 1:])  # every patch, raster order
+        h = self.text.embed(input_ids)
+        probs = self.fusion.local_attention(h, key_padding_mask(attention_mask), local)
+        g = int(round(n**0.5))
+        return probs.mean(dim=1).reshape(b, -1, g, g)
+
+    @torch.no_grad()
     def reconstruct(self, batch: dict[str, Any]) -> dict[str, torch.Tensor | None]:
         """Images for visualisation: low-res input, its reconstruction, SR output, pixel mask.
 

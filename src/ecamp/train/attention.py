@@ -10,8 +10,9 @@ Three sub-commands (SPEC.md section 4):
 * ``export`` runs the trained model over every image of the manifest and stores, per image,
   the attention of its entity words over the image, up-sampled to ``export.size`` (448),
   plus the release-style window (see :mod:`ecamp.data.guidance` for the folder format).
-* ``show``   draws maps over their images with the entity sentences as titles (the
-  paper's Figure 4) into one PNG.
+* ``show``   draws maps over their images with the entity sentences as titles into one
+  PNG.  These are GLoRIA's maps (the SR guidance); the paper's Figure 4 shows ECAMP's own
+  MSCF attention after pre-training: ``ecamp pretrain show``.
 
 Text of an image: its ``distilled`` report when non-empty; otherwise the rules distiller's
 output for its report (:func:`ecamp.distill.rules.distilled_text`), and the report itself
@@ -790,7 +791,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser(
         "show",
-        help="overlay attention maps on their images (PNG grid, as the paper's Figure 4)",
+        help="overlay GLoRIA's attention maps on their images (PNG grid; the paper's "
+        "Figure 4 is `ecamp pretrain show`)",
         description="Draw exported maps over their images, titled with the entity sentences; "
         "lesion boxes of the manifest (if any) in red.",
     )

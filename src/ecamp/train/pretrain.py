@@ -33,6 +33,10 @@ def embedded_config_path(name: str = DEFAULT_CONFIG) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `ecamp pretrain`."""
+    parser.epilog = (
+        "ecamp pretrain show RUN --n 8: draw the MSCF text-to-image attention of a finished "
+        "run (the paper's Figure 4); see `ecamp pretrain show --help`."
+    )
     add_config_args(parser)
     parser.add_argument(
         "--preset",
