@@ -549,12 +549,14 @@ def train(cfg: AttentionConfig, output: str | Path, evaluate: bool = True) -> di
     """
     from safetensors.torch import save_file
 
+    from ecamp.models.gloria_init import load_pretrained_parts, resolve_text_init
     from ecamp.text.tokenizer import fit_vocab_size, load_tokenizer
     from ecamp.train import distributed as du
     from ecamp.train.loop import Trainer
     from ecamp.utils.io import atomic_write
 
     out = Path(output)
+    resolve_text_init(cfg.model, cfg.data)  # checks both files first; BERT sizes + tokenizer
     df = load_manifest(cfg, out)
     train_df = select_splits(df, cfg.data.splits)
     if train_df.empty:
@@ -580,6 +582,7 @@ def train(cfg: AttentionConfig, output: str | Path, evaluate: bool = True) -> di
     # weights here too, or two runs with one train.seed start from different models
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg)
+    load_pretrained_parts(model, cfg.model)
     trainer = Trainer(
         model,
         ds,
