@@ -47,8 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--init",
         metavar="CKPT",
-        help="initialise from an ImageNet MAE / timm ViT checkpoint (encoder only) or from the "
-        "authors' released ECAMP checkpoint (every part; needs --preset release)",
+        help="initialise from the ImageNet MAE checkpoint (mae_pretrain_vit_base.pth: encoder, and "
+        "decoder when the file has one; every key's fate goes to init_report.json) or from the "
+        "authors' released ECAMP checkpoint (every part; needs --preset release); "
+        "'none' = random weights (same as the config key init)",
     )
     parser.add_argument(
         "--export-only",
