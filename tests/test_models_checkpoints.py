@@ -172,3 +172,96 @@ def test_read_state_dict_errors(tmp_path):
     torch.save({"epoch": 1}, tmp_path / "nostate.pth")
     with pytest.raises(UserError, match="no state dict"):
         read_state_dict(tmp_path / "nostate.pth")
+
+
+# --------------------------------------------------------------------------- ImageNet MAE layout
+
+
+def mae_checkpoint(cfg, depth: int, decoder: bool, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict in the official MAE layout (timm-style names, facebookresearch/mae
+    models_mae.py), random values: encoder of ``depth`` blocks, optionally the decoder."""
+    from timm.models.vision_transformer import Block
+
+    torch.manual_seed(seed)
+    enc = timm.create_model(
+        "vit_base_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        global_pool="",
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        embed_dim=cfg.embed_dim,
+        depth=depth,
+        num_heads=cfg.num_heads,
+    )
+    sd = {k: torch.randn_like(v) for k, v in enc.state_dict().items()}
+    if decoder:
+        d, n = cfg.decoder_embed_dim, (cfg.img_size // cfg.patch_size) ** 2
+        sd["mask_token"] = torch.randn(1, 1, d)
+        sd["decoder_embed.weight"] = torch.randn(d, cfg.embed_dim)
+        sd["decoder_embed.bias"] = torch.randn(d)
+        sd["decoder_pos_embed"] = torch.randn(1, n + 1, d)
+        for i in range(cfg.decoder_depth):
+            blk = Block(d, cfg.decoder_num_heads, qkv_bias=True)
+            sd.update(
+                {
+                    f"decoder_blocks.{i}.{k}": torch.randn_like(v)
+                    for k, v in blk.state_dict().items()
+                }
+            )
+        sd["decoder_norm.weight"] = torch.randn(d)
+        sd["decoder_norm.bias"] = torch.randn(d)
+        sd["decoder_pred.weight"] = torch.randn(cfg.patch_size**2 * cfg.in_chans, d)
+        sd["decoder_pred.bias"] = torch.randn(cfg.patch_size**2 * cfg.in_chans)
+    return sd
+
+
+@pytest.mark.parametrize("decoder", [True, False])
+def test_init_from_mae_reports_every_key(tmp_path, decoder):
+    from ecamp.models.checkpoints import init_from_mae
+
+    cfg = dataclasses.replace(model_config("tiny"), vocab_size=64)
+    sd = mae_checkpoint(cfg, depth=cfg.depth + 1, decoder=decoder)  # ViT-B 12 -> paper's 8
+    path = tmp_path / "mae_pretrain_vit_base.pth"
+    torch.save({"model": sd, "args": argparse.Namespace(model="mae_vit_base")}, path)
+    model = ECAMPModel(cfg)
+    report = init_from_mae(model, path)
+    own = model.state_dict()
+    # every checkpoint key is either mapped or ignored, every model key mapped-to or missing
+    assert set(report.mapped) | set(report.ignored) == set(sd)
+    assert not set(report.mapped) & set(report.ignored)
+    assert set(report.mapped.values()) | set(report.missing) == set(own)
+    extra = f"blocks.{cfg.depth}."
+    assert {k for k in report.ignored} == {k for k in sd if k.startswith(extra)}
+    assert all(f"block {cfg.depth}" in why for why in report.ignored.values())
+    for k, target in report.mapped.items():
+        assert torch.equal(own[target], sd[k]), k
+    assert report.mapped["blocks.0.attn.qkv.weight"] == "encoder.blocks.0.attn.qkv.weight"
+    parts = {k.split(".", 1)[0] for k in report.missing}
+    if decoder:
+        assert report.mapped["mask_token"] == "decoder.mask_token"
+        assert report.mapped["decoder_pred.weight"] == "decoder.decoder_pred.weight"
+        assert parts == {"text", "fusion", "vision_proj", "super_res"}
+    else:
+        assert parts == {"text", "fusion", "vision_proj", "super_res", "decoder"}
+        assert not any(v.startswith("decoder.") for v in report.mapped.values())
+    assert len(report.lines()) == 1 + len(sd) + len(report.missing)
+    assert report.to_dict()["missing"] == report.missing
+
+
+def test_init_from_mae_refuses_what_does_not_fit(tmp_path):
+    from ecamp.models.checkpoints import init_from_mae
+
+    cfg = dataclasses.replace(model_config("tiny"), vocab_size=64)
+    wide = dataclasses.replace(cfg, embed_dim=96)
+    with pytest.raises(UserError, match="shape mismatch"):
+        init_from_mae(ECAMPModel(cfg), mae_checkpoint(wide, depth=2, decoder=False))
+    with pytest.raises(UserError, match="facebookresearch/mae"):
+        init_from_mae(ECAMPModel(cfg), {"fc.weight": torch.zeros(2, 2)})
+    # a fixed sin-cos table for another grid is ignored, not an error
+    small = dataclasses.replace(cfg, img_size=32)
+    report = init_from_mae(ECAMPModel(cfg), mae_checkpoint(small, depth=2, decoder=True))
+    assert (
+        "sin-cos" in report.ignored["pos_embed"]
+        and "sin-cos" in report.ignored["decoder_pos_embed"]
+    )

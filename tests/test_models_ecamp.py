@@ -156,3 +156,81 @@ def test_tiny_model_overfits_one_batch():
         first = sum(h[k] for h in hist[:3]) / 3
         last = sum(h[k] for h in hist[-3:]) / 3
         assert last < 0.7 * first, (k, first, last)
+
+
+# ------------------------------------------------------------------ norm_pix_loss with SR
+
+
+def test_denormalize_inverts_the_norm_pix_target():
+    from ecamp.models.ecamp import denormalize_patches
+    from ecamp.models.vit import mim_target
+
+    g = torch.Generator().manual_seed(3)
+    imgs = torch.rand(2, 3, 16, 16, generator=g) * 2 - 0.5
+    raw = mim_target(imgs, 8, norm_pix=False)
+    normed = mim_target(imgs, 8, norm_pix=True)
+    assert torch.allclose(denormalize_patches(normed, imgs, 8), raw, atol=1e-5)
+    # a hand-built patch: values 0, 2 (mean 1, unbiased var 2) -> standardised +-1/sqrt(2)
+    one = torch.zeros(1, 1, 2, 2)
+    one[..., 0, 1] = one[..., 1, 0] = 2.0
+    pred = torch.tensor([[[1.0, -1.0, -1.0, 1.0]]])  # 1 channel, one 2x2 patch
+    var = torch.tensor(4.0 / 3.0)  # unbiased variance of (0, 2, 2, 0)
+    want = pred * (var + 1e-6) ** 0.5 + 1.0
+    assert torch.allclose(denormalize_patches(pred, one, 2), want)
+
+
+@pytest.mark.parametrize("mim_loss,normalised", [("masked", True), ("release", False)])
+def test_sr_head_gets_pixels_when_norm_pix_is_on(mim_loss, normalised):
+    from ecamp.models.vit import mim_target, unpatchify
+
+    torch.manual_seed(0)
+    cfg = tiny(norm_pix_loss=True, mim_loss=mim_loss, use_mlm=False)
+    model = ECAMPModel(cfg).eval()
+    seen = {}
+    model.super_res.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
+    preds = {}
+    model.decoder.register_forward_hook(lambda m, a, o: preds.setdefault("p", o))
+    batch = make_batch(cfg)
+    model(batch)
+    imgs = model.low_res(batch["image_hr"])
+    raw = mim_target(imgs, cfg.patch_size, norm_pix=False)
+    p = preds["p"]
+    if normalised:
+        std = (raw.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
+        want = p * std + raw.mean(dim=-1, keepdim=True)
+    else:  # the release's loss ignores the flag: the SR head reads the raw prediction
+        want = p
+    assert torch.allclose(seen["x"], unpatchify(want, cfg.patch_size, cfg.in_chans), atol=1e-5)
+
+
+def test_norm_pix_sr_reads_input_pixels_for_a_perfect_prediction():
+    """A decoder that predicts the standardised target exactly gives the SR head the input's
+    pixels; with an identity SR head the SR loss is the MSE of the plain up-sampling."""
+    from ecamp.models.super_resolution import sr_loss
+    from ecamp.models.vit import mim_target
+
+    cfg = tiny(norm_pix_loss=True, use_mlm=False)
+    model = ECAMPModel(cfg).eval()
+    batch = make_batch(cfg)
+    imgs = model.low_res(batch["image_hr"])
+    perfect = mim_target(imgs, cfg.patch_size, norm_pix=True)
+    with torch.no_grad():
+        for conv in (model.super_res.conv1, model.super_res.conv2):
+            conv.weight.zero_()
+            conv.bias.zero_()
+    got = model._sr(perfect, imgs, batch["image_hr"], {})
+    up = torch.nn.functional.interpolate(
+        imgs, size=cfg.hr_size, mode="bilinear", align_corners=False
+    )
+    assert torch.allclose(got, sr_loss(up, batch["image_hr"]), atol=1e-5)
+    # the old behaviour (standardised patches straight into SR) is far off
+    from ecamp.models.vit import unpatchify
+
+    with torch.no_grad():
+        wrong = sr_loss(model.super_res(unpatchify(perfect, cfg.patch_size, 3)), batch["image_hr"])
+    assert float(wrong) > 2 * float(got)
+
+
+def test_norm_pix_without_mim_is_refused():
+    with pytest.raises(UserError, match="norm_pix_loss"):
+        ECAMPModel(tiny(norm_pix_loss=True, use_mim=False))

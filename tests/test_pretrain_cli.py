@@ -81,3 +81,44 @@ def test_initial_weights_follow_the_seed_not_what_ran_before(tmp_path: Path) -> 
         assert main(["pretrain", "--output", str(out), "train.max_steps=1", *FAST]) == 0
         runs.append(json.loads((out / "results.json").read_text())["last"])
     assert runs[0] == runs[1]
+
+
+def test_init_from_an_mae_file_writes_its_report(tmp_path: Path) -> None:
+    from ecamp.config import model_config
+    from test_models_checkpoints import mae_checkpoint
+
+    ckpt = tmp_path / "mae.pth"
+    sd = mae_checkpoint(model_config("tiny"), depth=3, decoder=True, seed=1)
+    torch.save({"model": sd}, ckpt)
+    out = tmp_path / "run"
+    assert (
+        main(["pretrain", "--init", str(ckpt), "--output", str(out), "train.max_steps=1", *FAST])
+        == 0
+    )
+    report = json.loads((out / "init_report.json").read_text())
+    assert report["mapped"]["blocks.1.mlp.fc2.weight"] == "encoder.blocks.1.mlp.fc2.weight"
+    assert set(report["ignored"]) == {k for k in sd if k.startswith("blocks.2.")}
+    assert any(k.startswith("text.") for k in report["missing"])
+
+
+@pytest.mark.parametrize(
+    "config", ["configs/paper/pretrain_mimic.yaml", "configs/release/pretrain_mimic_release.yaml"]
+)
+def test_recipes_without_the_mae_file_stop_and_say_where_it_comes_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], config: str
+) -> None:
+    root = Path(__file__).resolve().parents[1]
+    cfg = str(root / config)
+    missing = str(tmp_path / "mae_pretrain_vit_base.pth")
+    assert main(["pretrain", "-c", cfg, "--output", str(tmp_path / "r"), f"init={missing}"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "facebookresearch/mae" in err and "init: none" in err
+    assert "mae_pretrain_vit_base.pth" in (root / config).read_text()
+
+
+def test_init_none_is_random(tmp_path: Path) -> None:
+    from ecamp.config import PretrainConfig
+    from ecamp.train.pretrain import check_init
+
+    assert check_init(PretrainConfig(init="none")) == ""
+    assert check_init(PretrainConfig(init="")) == ""

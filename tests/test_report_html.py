@@ -149,7 +149,8 @@ def test_report_is_self_contained_with_every_section(report: Path) -> None:
     for section in (
         "Downstream results",
         "Training curves",
-        "Attention overlays",
+        "GLoRIA attention overlays",
+        "MSCF attention after pre-training (the paper's Figure 4)",
         "reconstruction",
         "Resolved configs",
     ):
@@ -168,9 +169,12 @@ def test_report_is_self_contained_with_every_section(report: Path) -> None:
         "results.png",
         "reconstructions.png",
         "attention.png",
+        "mscf_attention.png",
         "curves_pretrain_metrics.png",
     } <= set(figures)
     assert not any("previous" in f for f in figures)
+    mscf = json.loads((report.parent / "figures" / "mscf_attention.json").read_text())
+    assert mscf["n"] > 0 and f"ratio {mscf['ratio']:.2f}" in text
     assert "curves_finetune_linear_probe_pretrained_metrics.png" in figures
     assert (
         "<details><summary>finetune: 1 curve files</summary>" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -100,3 +101,86 @@ def test_precision_resolution_on_cpu() -> None:
     with pytest.raises(UserError, match="choose"):
         resolve_precision("half-ish", cpu)
     assert math.isfinite(cosine_lr(3, 1.0, 0.0, 0, 0))
+
+
+def _release_lr(epoch: float, lr: float, warmup: float, horizon: float) -> float:
+    """The release's util/lr_sched.py, written out: linear warm-up, cosine to max_epoch."""
+    if epoch < warmup:
+        return lr * epoch / warmup
+    return lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / (horizon - warmup)))
+
+
+def test_schedule_horizon_matches_the_release_at_the_last_epoch(tmp_path) -> None:
+    """The release recipe scaled down 10x: 12 epochs, 4 warm-up, a 20-epoch horizon."""
+    import csv
+
+    from torch import nn
+
+    from ecamp.config import TrainConfig
+    from ecamp.train.loop import Trainer
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 16
+
+        def __getitem__(self, i: int) -> dict:
+            return {"x": torch.full((2,), float(i))}
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Linear(2, 1)
+
+        def forward(self, batch: dict) -> dict:
+            return {"loss": self.w(batch["x"]).pow(2).mean()}
+
+    lr = 1.5e-4
+    cfg = TrainConfig(
+        epochs=12,
+        schedule_epochs=20,
+        warmup_epochs=4,
+        batch_size=4,
+        lr=lr,
+        weight_decay=0.0,
+        progress=False,
+        tensorboard=False,
+        device="cpu",
+        log_every=1,
+    )
+    trainer = Trainer(Net(), Data(), cfg, tmp_path)
+    trainer.fit()
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    spe = 4  # 16 items / batch 4
+    assert len(rows) == 12 * spe
+    lrs = [float(r["lr"]) for r in rows]
+    for s in (0, 2 * spe, 11 * spe, 12 * spe - 1):  # warm-up, mid, first and last of the last epoch
+        assert lrs[s] == pytest.approx(_release_lr(s / spe, lr, 4, 20), rel=1e-6)
+    # the last lr: about half the peak, where the run's own horizon would give ~0
+    assert lrs[-1] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * (47 / 4 - 4) / 16)))
+    assert lrs[-1] > 0.5 * lr
+    plain = Trainer(Net(), Data(), dataclasses.replace(cfg, schedule_epochs=0), tmp_path / "b")
+    assert plain.scheduler.lr_at(12 * spe - 1) < 0.01 * lr
+    with pytest.raises(UserError, match="schedule_epochs"):
+        Trainer(Net(), Data(), dataclasses.replace(cfg, schedule_epochs=6), tmp_path / "c")
+
+
+def test_release_recipe_schedule_last_epoch() -> None:
+    """configs/release: 120 epochs (run.sh) on a 200-epoch horizon (main_pretrain.py
+    --max_epoch 200): the lr of the last epoch's first step is 7.65e-5, half the peak at the end."""
+    from pathlib import Path
+
+    from ecamp.config import PretrainConfig, load_config
+    from ecamp.train.schedule import schedule_horizon
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(PretrainConfig, root / "configs/release/pretrain_mimic_release.yaml").train
+    assert (cfg.epochs, cfg.schedule_epochs, cfg.warmup_epochs) == (120, 200, 40)
+    spe = 46  # any steps/epoch: the curve is per epoch
+    total = schedule_horizon(cfg, spe)
+    at = cosine_lr(119 * spe, cfg.lr, cfg.min_lr, round(cfg.warmup_epochs * spe), total)
+    assert (
+        at == pytest.approx(_release_lr(119, cfg.lr, 40, 200)) == pytest.approx(7.647e-5, rel=1e-3)
+    )
+    end = cosine_lr(120 * spe, cfg.lr, cfg.min_lr, round(cfg.warmup_epochs * spe), total)
+    assert end == pytest.approx(cfg.lr / 2)

@@ -21,6 +21,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("cache", "ecamp.data.cache"),
     ("attention", "ecamp.train.attention"),
     ("pretrain", "ecamp.train.pretrain"),
+    ("pretrain show", "ecamp.train.pretrain_show"),  # a two-word command: see main()
     ("export", "ecamp.train.export"),
     ("finetune", "ecamp.train.finetune"),
     ("evaluate", "ecamp.eval.cli"),
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ecamp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS:
+        if " " in name:  # two-word commands get their own parser (_two_word_command)
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
@@ -52,15 +55,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _two_word_command(argv: list[str]) -> argparse.Namespace | None:
+    """Parse ``ecamp pretrain show ...`` (a command whose stage takes free ``key=value``
+    overrides, which an argparse sub-parser would swallow), or None for any other line."""
+    for name, module_name in COMMANDS:
+        words = name.split()
+        if len(words) == 2 and argv[:2] == words:
+            module = importlib.import_module(module_name)
+            p = argparse.ArgumentParser(prog=f"ecamp {name}", description=module.HELP)
+            module.add_arguments(p)
+            args = p.parse_args(argv[2:])
+            args.func, args.command = module.run, name
+            return args
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ecamp`` console script."""
     from ecamp.errors import UserError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _two_word_command(argv)
+    if args is None:
+        args = build_parser().parse_args(argv)
     if not getattr(args, "func", None):
         if args.command is None:
-            parser.print_help()
+            build_parser().print_help()
             return 0
         args.command_parser.print_help(sys.stderr)
         return 2

@@ -181,6 +181,9 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw (betas above) | sgd (momentum below)
     momentum: float = 0.9  # sgd only
     warmup_epochs: float = 40.0
+    # cosine horizon in epochs: the lr reaches min_lr there.  0 = ``epochs``; the release
+    # trains 115-120 epochs on a 200-epoch horizon (util/lr_sched.py, --max_epoch 200)
+    schedule_epochs: float = 0.0
     warmup_steps: int = 0  # >0 overrides warmup_epochs
     clip_grad: float = 0.0  # 0 disables clipping
     precision: str = "auto"  # auto | bf16 | fp16 | fp32

@@ -2,6 +2,11 @@
 
 (a) :func:`init_encoder` -- initialise the ViT encoder from an ImageNet MAE / timm ViT
     checkpoint (``.pth`` with a ``model`` key or a plain state dict, or ``.safetensors``).
+(a') :func:`init_from_mae` -- initialise an :class:`ECAMPModel` from the official ImageNet MAE
+    checkpoint (``mae_pretrain_vit_base.pth``: a ``model`` dict of timm-named encoder
+    tensors; the ``visualize`` files add the decoder's ``mask_token`` / ``decoder_*``), as
+    the release's ``run.sh`` does (``--resume``; ``util/misc.py`` ``load_model`` copies every
+    tensor whose name the model shares).  Returns and logs where every key went.
 (b) :func:`load_release_checkpoint` -- load the authors' released pre-training checkpoint
     (state dict under ``model``; keys as in ``reference/release_state_dict_keys.tsv``) into
     the ``release`` preset :class:`ECAMPModel`, every part, by an explicit key mapping;
@@ -152,6 +157,128 @@ def init_encoder(
     encoder.load_state_dict(new, strict=False)
     report.loaded = sorted(new)
     report.missing = sorted(set(own) - set(new) - set(report.skipped))
+    return report
+
+
+# --------------------------------------------------------------------------- (a') MAE -> ECAMP
+
+MAE_URL = "https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base.pth"
+MAE_SOURCE = (
+    "the ImageNet MAE ViT-B/16 checkpoint released with the MAE repository "
+    f"(github.com/facebookresearch/mae, 'Pre-trained checkpoints': {MAE_URL}); "
+    "the authors' run.sh loads it as ./dataset/mae_vit_base.pth"
+)
+_FIXED_TABLES = ("pos_embed", "decoder_pos_embed")
+
+
+@dataclass
+class InitReport:
+    """Where every key of an MAE checkpoint went, and which model keys it left alone."""
+
+    source: str = ""
+    mapped: dict[str, str] = field(default_factory=dict)  # checkpoint key -> model key
+    ignored: dict[str, str] = field(default_factory=dict)  # checkpoint key -> why
+    missing: list[str] = field(default_factory=list)  # model keys left at their init
+
+    def summary(self) -> str:
+        parts: dict[str, int] = {}
+        for k in self.missing:
+            top = k.split(".", 1)[0]
+            parts[top] = parts.get(top, 0) + 1
+        return (
+            f"{self.source}: mapped {len(self.mapped)}, ignored {len(self.ignored)}, "
+            f"missing {len(self.missing)} (left at their init, by part: {parts})"
+        )
+
+    def lines(self) -> list[str]:
+        """One line per key: what a log or a reader needs to audit the load."""
+        out = [self.summary()]
+        out += [f"  mapped  {k} -> {v}" for k, v in self.mapped.items()]
+        out += [f"  ignored {k}: {why}" for k, why in self.ignored.items()]
+        out += [f"  missing {k}" for k in self.missing]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "mapped": self.mapped,
+            "ignored": self.ignored,
+            "missing": self.missing,
+        }
+
+    __str__ = summary
+
+
+def _mae_target(key: str, own: dict[str, torch.Tensor]) -> tuple[str | None, str]:
+    """(model key or None, why not) for one MAE checkpoint key."""
+    if key.startswith(ENCODER_PREFIXES):
+        target = "encoder." + key
+        if target in own:
+            return target, ""
+        if key.startswith("blocks."):
+            n_blocks = len({k.split(".")[2] for k in own if k.startswith("encoder.blocks.")})
+            return None, f"block {key.split('.')[1]}: the encoder has {n_blocks} blocks"
+        return None, "the encoder has no such tensor"
+    if key == "mask_token" or key.startswith("decoder_"):
+        target = "decoder." + key
+        if target in own:
+            return target, ""
+        if not any(k.startswith("decoder.") for k in own):
+            return None, "the model has no image decoder (use_mim and use_sr are off)"
+        return None, "the decoder has no such tensor"
+    if key.startswith(("head.", "fc_norm.")):
+        return None, "classifier head: not part of the pre-training network"
+    return None, "no such tensor in the ECAMP network"
+
+
+def init_from_mae(
+    model: nn.Module, source: str | Path | dict[str, torch.Tensor], name: str = ""
+) -> InitReport:
+    """Load an MAE checkpoint's image encoder (and decoder, when present) into ``model``.
+
+    Names are the MAE repository's (timm-style): ``cls_token``, ``pos_embed``,
+    ``patch_embed.*``, ``blocks.N.*``, ``norm.*`` go to ``encoder.*``; ``mask_token`` and
+    ``decoder_*`` to ``decoder.*``.  Blocks beyond the encoder's depth (the paper's 8-layer
+    encoder from a 12-layer ViT-B), classifier heads and keys the model lacks are ignored,
+    with the reason.  The fixed sin-cos tables load when their grid matches (equal values)
+    and are ignored otherwise.  Any other shape mismatch, or no tensor loaded at all,
+    raises :class:`UserError`.
+    """
+    sd = read_state_dict(source) if not isinstance(source, dict) else dict(source)
+    report = InitReport(
+        source=name or (str(source) if not isinstance(source, dict) else "state dict")
+    )
+    own = model.state_dict()
+    new: dict[str, torch.Tensor] = {}
+    bad: list[str] = []
+    for key, value in sd.items():
+        target, why = _mae_target(key, own)
+        if target is None:
+            report.ignored[key] = why
+            continue
+        if tuple(value.shape) != tuple(own[target].shape):
+            if key in _FIXED_TABLES:
+                report.ignored[key] = (
+                    f"fixed sin-cos table for another grid {tuple(value.shape)}; "
+                    f"the model's own {tuple(own[target].shape)} is kept"
+                )
+                continue
+            bad.append(f"{key} {tuple(value.shape)} -> {target} {tuple(own[target].shape)}")
+            continue
+        new[target] = value.to(own[target].dtype)
+        report.mapped[key] = target
+    if bad:
+        raise UserError(
+            f"{report.source} does not fit the model (shape mismatch; is it a ViT-B/16 MAE "
+            f"checkpoint and the model a ViT-B/16 preset?): {'; '.join(bad[:10])}"
+        )
+    if not new:
+        raise UserError(
+            f"{report.source} shares no tensor name with the ECAMP image encoder; expected the "
+            f"MAE layout (a 'model' dict with cls_token, patch_embed.*, blocks.N.*): {MAE_SOURCE}"
+        )
+    model.load_state_dict(new, strict=False)
+    report.missing = sorted(set(own) - set(new))
     return report
 
 

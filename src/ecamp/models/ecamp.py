@@ -7,6 +7,12 @@ paper's Table 4 that concerns the network is a :class:`ModelConfig` switch:
   is absent from the output and builds no modules (the MAE decoder exists while MIM or SR
   needs it; the text side only with MLM).
 - ``fusion_global`` / ``fusion_local``: the two MSCF paths.
+- ``norm_pix_loss`` (MAE's per-patch standardised MIM target, ``mim_loss="masked"`` only):
+  the decoder then predicts standardised patches, so before the SR head they are
+  de-normalised with the mean and variance of the input's own patches
+  (:func:`denormalize_patches`) and SR still compares pixels with pixels.  The release's
+  ``run.sh`` passes ``--norm_pix_loss`` but its ``forward_loss`` never reads the flag: with
+  ``mim_loss="release"`` ecamp ignores it the same way (MIM and SR on raw pixels).
 - MAE alone: ``use_mlm=False, use_sr=False``.  MRM-style: ``use_sr=False,
   fusion_local=False`` with random text masking (``text.descriptor_masking=False``).
 
@@ -64,8 +70,31 @@ def check_model_config(cfg: ModelConfig) -> None:
         raise UserError(f"model.hr_size={cfg.hr_size} is not a multiple of img_size={cfg.img_size}")
     if not 0.0 <= cfg.mask_ratio < 1.0:
         raise UserError(f"model.mask_ratio={cfg.mask_ratio} must be in [0, 1)")
+    if cfg.norm_pix_loss and not cfg.use_mim:
+        raise UserError(
+            "model.norm_pix_loss=true changes only the MIM target, but use_mim=false: "
+            "set norm_pix_loss=false"
+        )
     if len(cfg.loss_weights) != 3:
         raise UserError("model.loss_weights needs three numbers: mim, mlm, sr")
+
+
+def predicts_normalized(cfg: ModelConfig) -> bool:
+    """Does the decoder predict per-patch standardised pixels (MAE's ``norm_pix_loss``)?
+
+    Only with ``mim_loss="masked"``: the release's loss (``mim_loss="release"``) ignores
+    the flag, as the release's ``forward_loss`` does.
+    """
+    return cfg.norm_pix_loss and cfg.mim_loss == "masked"
+
+
+def denormalize_patches(pred: torch.Tensor, imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Standardised patch predictions (B, N, p*p*C) -> pixels, with each patch of ``imgs``'s
+    own mean and variance (the inverse of :func:`mim_target` with ``norm_pix``)."""
+    raw = mim_target(imgs, patch_size, norm_pix=False)
+    mean = raw.mean(dim=-1, keepdim=True)
+    std = (raw.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
+    return pred * std.to(pred.dtype) + mean.to(pred.dtype)
 
 
 class ECAMPModel(nn.Module):
@@ -136,10 +165,18 @@ class ECAMPModel(nn.Module):
         return self.text.mlm_loss(h, batch["mlm_labels"], batch.get("mlm_weights"))
 
     def _sr(
-        self, pred: torch.Tensor, image_hr: torch.Tensor, batch: dict[str, Any]
+        self,
+        pred: torch.Tensor,
+        imgs: torch.Tensor,
+        image_hr: torch.Tensor,
+        batch: dict[str, Any],
     ) -> torch.Tensor:
         assert self.super_res is not None
         cfg = self.cfg
+        if predicts_normalized(cfg):
+            # the SR target is raw pixels: give the SR head pixels too.  The statistics come
+            # from the low-resolution input (no gradient), so SR learns structure and detail
+            pred = denormalize_patches(pred, imgs, cfg.patch_size)
         sr = self.super_res(unpatchify(pred, cfg.patch_size, cfg.in_chans))
         return sr_loss(
             sr,
@@ -168,7 +205,7 @@ class ECAMPModel(nn.Module):
                     pred, imgs, mask, cfg.patch_size, cfg.norm_pix_loss, cfg.mim_loss
                 )
             if cfg.use_sr:
-                out["sr"] = self._sr(pred, image_hr, batch)
+                out["sr"] = self._sr(pred, imgs, image_hr, batch)
         if cfg.use_mlm:
             out["mlm"] = self._mlm(latent, batch)
         weights = dict(zip(("mim", "mlm", "sr"), cfg.loss_weights))
@@ -177,11 +214,36 @@ class ECAMPModel(nn.Module):
         return {"loss": loss, **out}
 
     @torch.no_grad()
+    def mscf_attention(
+        self, imgs: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """MSCF's cross-attention of each text token over the image patches (paper Fig. 4).
+
+        imgs (B, C, img, img) at the encoder's resolution, every patch visible (no masking);
+        -> (B, L, g, g) with g = img / patch, the mean over heads; each row sums to 1.
+        """
+        if self.text is None or self.fusion is None or not self.cfg.fusion_local:
+            raise UserError(
+                "this model has no MSCF local path (use_mlm or fusion_local is off): "
+                "there is no text-to-image attention to show"
+            )
+        assert self.vision_proj is not None
+        b, n = imgs.shape[0], (imgs.shape[-1] // self.cfg.patch_size) ** 2
+        in_order = torch.arange(n, device=imgs.device, dtype=torch.float32).expand(b, n)
+        latent, _, _ = self.encoder.forward_masked(imgs, 0.0, noise=in_order)
+        local = self.vision_proj(latent[:, 1:])  # every patch, raster order
+        h = self.text.embed(input_ids)
+        probs = self.fusion.local_attention(h, key_padding_mask(attention_mask), local)
+        g = int(round(n**0.5))
+        return probs.mean(dim=1).reshape(b, -1, g, g)
+
+    @torch.no_grad()
     def reconstruct(self, batch: dict[str, Any]) -> dict[str, torch.Tensor | None]:
         """Images for visualisation: low-res input, its reconstruction, SR output, pixel mask.
 
         ``pred_lr`` holds the decoder's prediction at every patch (de-normalised per patch
-        when ``norm_pix_loss`` is on); ``mask`` is (B, 1, img, img), 1 = masked.
+        when the decoder predicts standardised patches); ``mask`` is (B, 1, img, img),
+        1 = masked.
         """
         if self.decoder is None:
             raise UserError("this model has no image decoder (use_mim and use_sr are off)")
@@ -190,11 +252,8 @@ class ECAMPModel(nn.Module):
         imgs = self.low_res(image_hr)
         latent, mask, ids_restore = self.encoder.forward_masked(imgs, cfg.mask_ratio)
         pred = self.decoder(latent, ids_restore).float()
-        if cfg.norm_pix_loss:
-            raw = mim_target(imgs, cfg.patch_size, norm_pix=False)
-            pred = pred * (raw.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + raw.mean(
-                dim=-1, keepdim=True
-            )
+        if predicts_normalized(cfg):
+            pred = denormalize_patches(pred, imgs, cfg.patch_size)
         pred_lr = unpatchify(pred, cfg.patch_size, cfg.in_chans)
         sr = self.super_res(pred_lr) if self.super_res is not None else None
         return {

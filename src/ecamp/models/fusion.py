@@ -50,6 +50,14 @@ class MultiHeadAttention(nn.Module):
         out = attention(q, k, v, key_mask, dropout_p=p)
         return out.transpose(1, 2).reshape(b, lq, w)
 
+    def probabilities(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The attention weights of :meth:`forward` (no key mask): (B, heads, Lq, Lk), fp32."""
+        b, lq, w = x.shape
+        split = (b, -1, self.heads, w // self.heads)
+        q = self.query(x).view(split).transpose(1, 2).float()
+        k = self.key(context).view(split).transpose(1, 2).float()
+        return torch.softmax(q @ k.transpose(-2, -1) * (w // self.heads) ** -0.5, dim=-1)
+
 
 class SelfAttentionBlock(nn.Module):
     """BERT-style self-attention sub-layer: ``self`` (attention) + ``output`` (dense, residual LN)."""
@@ -109,3 +117,12 @@ class MSCF(nn.Module):
             # a (B, 1, W) global-only context broadcasts over the text positions
             h = self.out_layer(context.expand_as(h), h)
         return self.output(self.intermediate(h), h)
+
+    def local_attention(
+        self, text: torch.Tensor, key_mask: torch.Tensor | None, local: torch.Tensor
+    ) -> torch.Tensor:
+        """The local path's cross-attention of every text token over the vision tokens:
+        (B, heads, L, N_vis), rows sum to 1 (the paper's Figure 4 reads these)."""
+        if not self.use_local:
+            raise ValueError("MSCF has its local path off: there is no cross-attention to read")
+        return self.cross_self_attention.probabilities(self.attention(text, key_mask), local)

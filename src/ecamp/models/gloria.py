@@ -92,6 +92,9 @@ class GloriaConfig:
     attention: str = "paper"  # paper | released
     global_weight: float = 1.0
     local_weight: float = 1.0
+    # pre-trained starting points, as GLoRIA starts (ecamp.models.gloria_init); "" = random
+    image_init: str = ""  # timm checkpoint file of the image backbone (ImageNet)
+    text_init: str = ""  # local Hugging Face BERT folder (save_pretrained), e.g. Bio_ClinicalBERT
 
 
 # the text side and joint space of both tiny presets

@@ -41,8 +41,28 @@ def _bundled_json(name: str = BUNDLED) -> str:
     return resources.files("ecamp.resources").joinpath(BUNDLED_FILES[name]).read_text("utf-8")
 
 
+def _folder_json(folder: Path) -> str:
+    """The tokenizers JSON of a Hugging Face folder: its ``tokenizer.json``, or the fast
+    tokenizer ``transformers`` builds from its ``vocab.txt`` (and tokenizer_config.json)."""
+    if (folder / "tokenizer.json").is_file():
+        return (folder / "tokenizer.json").read_text("utf-8", errors="replace")
+    if not (folder / "vocab.txt").is_file():
+        raise UserError(f"tokenizer folder {folder} has neither tokenizer.json nor vocab.txt")
+    from transformers import AutoTokenizer
+
+    try:
+        fast = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, use_fast=True)
+    except Exception as e:  # unreadable config / vocabulary
+        raise UserError(f"cannot build a tokenizer from {folder}: {e}") from None
+    backend = getattr(fast, "backend_tokenizer", None)
+    if backend is None:
+        raise UserError(f"{folder}: transformers built no fast tokenizer from its vocab.txt")
+    return str(backend.to_str())
+
+
 def load_tokenizer(name_or_path: str = BUNDLED) -> tokenizers.Tokenizer:
-    """A bundled tokenizer (``"mimic"``, ``"phantom"``) or a ``tokenizers`` JSON file.
+    """A bundled tokenizer (``"mimic"``, ``"phantom"``), a ``tokenizers`` JSON file, or a
+    Hugging Face folder (``save_pretrained`` layout: tokenizer.json or vocab.txt).
 
     Raises :class:`UserError` when the file is missing, not a tokenizer JSON, not a
     WordPiece model, or lacks one of the special tokens.
@@ -50,6 +70,9 @@ def load_tokenizer(name_or_path: str = BUNDLED) -> tokenizers.Tokenizer:
     if name_or_path in BUNDLED_FILES:
         text = _bundled_json(name_or_path)
         where = f"bundled {BUNDLED_FILES[name_or_path]}"
+    elif Path(name_or_path).is_dir():
+        text = _folder_json(Path(name_or_path))
+        where = name_or_path
     else:
         path = Path(name_or_path)
         if not path.is_file():

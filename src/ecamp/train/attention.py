@@ -10,8 +10,9 @@ Three sub-commands (SPEC.md section 4):
 * ``export`` runs the trained model over every image of the manifest and stores, per image,
   the attention of its entity words over the image, up-sampled to ``export.size`` (448),
   plus the release-style window (see :mod:`ecamp.data.guidance` for the folder format).
-* ``show``   draws maps over their images with the entity sentences as titles (the
-  paper's Figure 4) into one PNG.
+* ``show``   draws maps over their images with the entity sentences as titles into one
+  PNG.  These are GLoRIA's maps (the SR guidance); the paper's Figure 4 shows ECAMP's own
+  MSCF attention after pre-training: ``ecamp pretrain show``.
 
 Text of an image: its ``distilled`` report when non-empty; otherwise the rules distiller's
 output for its report (:func:`ecamp.distill.rules.distilled_text`), and the report itself
@@ -548,12 +549,14 @@ def train(cfg: AttentionConfig, output: str | Path, evaluate: bool = True) -> di
     """
     from safetensors.torch import save_file
 
+    from ecamp.models.gloria_init import load_pretrained_parts, resolve_text_init
     from ecamp.text.tokenizer import fit_vocab_size, load_tokenizer
     from ecamp.train import distributed as du
     from ecamp.train.loop import Trainer
     from ecamp.utils.io import atomic_write
 
     out = Path(output)
+    resolve_text_init(cfg.model, cfg.data)  # checks both files first; BERT sizes + tokenizer
     df = load_manifest(cfg, out)
     train_df = select_splits(df, cfg.data.splits)
     if train_df.empty:
@@ -579,6 +582,7 @@ def train(cfg: AttentionConfig, output: str | Path, evaluate: bool = True) -> di
     # weights here too, or two runs with one train.seed start from different models
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg)
+    load_pretrained_parts(model, cfg.model)
     trainer = Trainer(
         model,
         ds,
@@ -790,7 +794,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser(
         "show",
-        help="overlay attention maps on their images (PNG grid, as the paper's Figure 4)",
+        help="overlay GLoRIA's attention maps on their images (PNG grid; the paper's "
+        "Figure 4 is `ecamp pretrain show`)",
         description="Draw exported maps over their images, titled with the entity sentences; "
         "lesion boxes of the manifest (if any) in red.",
     )

@@ -47,7 +47,7 @@ from ecamp.train.checkpoint import (
     restore_rng,
 )
 from ecamp.train.metrics_log import MetricsLogger, open_tensorboard
-from ecamp.train.schedule import WarmupCosine
+from ecamp.train.schedule import WarmupCosine, schedule_horizon
 from ecamp.utils.allocator import keep_freed_memory
 from ecamp.utils.io import atomic_write_text
 from ecamp.utils.logging import get_logger
@@ -416,7 +416,9 @@ class Trainer:
             if cfg.warmup_steps > 0
             else round(cfg.warmup_epochs * self.steps_per_epoch)
         )
-        self.scheduler = WarmupCosine(self.optimizer, cfg.lr, cfg.min_lr, warmup, self.total_steps)
+        self.scheduler = WarmupCosine(
+            self.optimizer, cfg.lr, cfg.min_lr, warmup, schedule_horizon(cfg, self.steps_per_epoch)
+        )
 
         self.step = 0
         self.epoch = 0

@@ -33,6 +33,10 @@ def embedded_config_path(name: str = DEFAULT_CONFIG) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `ecamp pretrain`."""
+    parser.epilog = (
+        "ecamp pretrain show RUN --n 8: draw the MSCF text-to-image attention of a finished "
+        "run (the paper's Figure 4); see `ecamp pretrain show --help`."
+    )
     add_config_args(parser)
     parser.add_argument(
         "--preset",
@@ -43,8 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--init",
         metavar="CKPT",
-        help="initialise from an ImageNet MAE / timm ViT checkpoint (encoder only) or from the "
-        "authors' released ECAMP checkpoint (every part; needs --preset release)",
+        help="initialise from the ImageNet MAE checkpoint (mae_pretrain_vit_base.pth: encoder, and "
+        "decoder when the file has one; every key's fate goes to init_report.json) or from the "
+        "authors' released ECAMP checkpoint (every part; needs --preset release); "
+        "'none' = random weights (same as the config key init)",
     )
     parser.add_argument(
         "--export-only",
@@ -112,26 +118,56 @@ def build_dataset(cfg: PretrainConfig, output_dir: Path) -> Any:
     )
 
 
-def build_model(cfg: PretrainConfig) -> Any:
-    """The ECAMP model, initialised from ``cfg.init`` when given."""
-    from ecamp.models.checkpoints import init_encoder, load_release_checkpoint, read_state_dict
+NO_INIT = "none"
+
+
+def check_init(cfg: PretrainConfig) -> str:
+    """The checkpoint ``cfg.init`` names, or "" for random weights (``init: none`` or empty).
+
+    A named file that does not exist stops the run before any work, saying where the
+    ImageNet MAE file of the paper and release recipes comes from.
+    """
+    from ecamp.models.checkpoints import MAE_SOURCE
+
+    init = cfg.init.strip()
+    if not init or init.lower() == NO_INIT:
+        return ""
+    if not Path(init).is_file():
+        raise UserError(
+            f"init: {init} does not exist.  The paper and release recipes start from {MAE_SOURCE}. "
+            f"Download it to {init} (or point init / --init at it), or write `init: none` to "
+            "pre-train from random weights."
+        )
+    return init
+
+
+def build_model(cfg: PretrainConfig, report_dir: Path | None = None) -> Any:
+    """The ECAMP model, initialised from ``cfg.init`` when it names a file.
+
+    An MAE checkpoint's load report (every key mapped, ignored or missing) is logged and,
+    with ``report_dir``, written to ``init_report.json`` there.
+    """
+    from ecamp.models.checkpoints import init_from_mae, load_release_checkpoint, read_state_dict
     from ecamp.models.ecamp import ECAMPModel
+    from ecamp.utils.io import atomic_write_text
 
     model = ECAMPModel(cfg.model)
-    if cfg.init:
-        sd = read_state_dict(cfg.init)
-        if any(k.startswith("bert_encoder.") for k in sd):
-            if cfg.model.preset != "release":
-                raise UserError(
-                    f"{cfg.init} is the authors' release checkpoint: use --preset release"
-                )
-            log.info(
-                "loaded release checkpoint %s: %s", cfg.init, load_release_checkpoint(model, sd)
-            )
-        else:
-            log.info(
-                "initialised the encoder from %s: %s", cfg.init, init_encoder(model.encoder, sd)
-            )
+    init = check_init(cfg)
+    if not init:
+        log.info("random initialisation (init: %s)", cfg.init or '""')
+        return model
+    sd = read_state_dict(init)
+    if any(k.startswith("bert_encoder.") for k in sd):
+        if cfg.model.preset != "release":
+            raise UserError(f"{init} is the authors' release checkpoint: use --preset release")
+        log.info("loaded release checkpoint %s: %s", init, load_release_checkpoint(model, sd))
+        return model
+    report = init_from_mae(model, sd, name=init)
+    log.info("initialised from %s", "\n".join(report.lines()))
+    if report_dir is not None:
+        atomic_write_text(
+            Path(report_dir) / "init_report.json", json.dumps(report.to_dict(), indent=2) + "\n"
+        )
     return model
 
 
@@ -156,6 +192,7 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
     from ecamp.utils.io import atomic_write_text
 
     out = Path(output_dir)
+    check_init(cfg)  # a missing MAE file stops the run before any work
     du.init_distributed(cfg.train.device)  # before the rank-0-only phantom world is written
     dataset = build_dataset(cfg, out)
     batcher = TextBatcher(cfg.text)
@@ -166,7 +203,7 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
     # the initial weights follow train.seed, whatever ran before in this process (pipeline
     # stages, a skipped stage on resume) and on every rank
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg)
+    model = build_model(cfg, out if du.is_main() else None)
     trainer = Trainer(
         model,
         dataset,

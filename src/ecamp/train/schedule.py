@@ -2,7 +2,9 @@
 
 Values are a pure function of the optimizer step, so resuming needs only the step.
 Warm-up follows MAE: the lr of step ``s`` (0-based) is ``lr * s / warmup`` while
-``s < warmup``.
+``s < warmup``.  The cosine runs to its horizon, ``train.schedule_epochs`` (default: the
+run's own length); the release stops at 115-120 of 200 horizon epochs, so its last lr is
+far from ``min_lr``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import math
 from typing import Any
 
 import torch
+
+from ecamp.errors import UserError
 
 
 def cosine_lr(
@@ -22,6 +26,18 @@ def cosine_lr(
     decay = max(1, total_steps - warmup_steps)
     progress = min(1.0, max(0.0, (step - warmup_steps) / decay))
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def schedule_horizon(cfg: Any, steps_per_epoch: int) -> int:
+    """Optimizer steps of the cosine horizon: ``schedule_epochs`` (or ``epochs`` when 0)
+    epochs of ``steps_per_epoch``.  ``cfg`` is a :class:`ecamp.config.TrainConfig`."""
+    horizon = float(cfg.schedule_epochs) or float(cfg.epochs)
+    if horizon < cfg.epochs:
+        raise UserError(
+            f"train.schedule_epochs={cfg.schedule_epochs} is shorter than train.epochs="
+            f"{cfg.epochs}: the lr would sit at min_lr for the last epochs (0 = epochs)"
+        )
+    return max(1, round(horizon * steps_per_epoch))
 
 
 class WarmupCosine:

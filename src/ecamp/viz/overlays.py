@@ -1,4 +1,9 @@
-"""Attention maps drawn over their images, as the ECAMP paper's Figure 4."""
+"""Attention maps drawn over their images, titled, with optional lesion boxes.
+
+Used for GLoRIA's entity maps (`ecamp attention show`: the SR guidance, not a figure of
+the paper) and for MSCF's text-to-image attention after pre-training (`ecamp pretrain
+show`: the ECAMP paper's Figure 4).
+"""
 
 from __future__ import annotations
 

@@ -320,7 +320,7 @@ def build_report(
         rep.note("No stage logged a metrics.csv.")
 
     att = inputs.get("attention") or {}
-    rep.add("<h2>Attention overlays (GLoRIA guidance)</h2>")
+    rep.add("<h2>GLoRIA attention overlays (super-resolution guidance, not Figure 4)</h2>")
     if att.get("guidance"):
 
         def overlays() -> None:
@@ -335,7 +335,8 @@ def build_report(
             rep.figures.append(Path(png))
             rep.add(
                 f"<figure>{_img_tag(Path(png).read_bytes(), 'attention overlays')}"
-                "<figcaption>entity attention maps over their images; titles: the entity sentences</figcaption></figure>"
+                "<figcaption>GLoRIA's entity attention maps over their images (what guides the SR loss); "
+                "titles: the entity sentences</figcaption></figure>"
             )
 
         rep.attempt("attention overlays", overlays)
@@ -358,6 +359,39 @@ def build_report(
                 "the prediction is super-resolved",
             ),
         )
+    else:
+        rep.note("No pre-training checkpoint in this run.")
+
+    rep.add("<h2>MSCF attention after pre-training (the paper's Figure 4)</h2>")
+    if pre.get("checkpoints") and pre.get("manifest"):
+
+        def mscf() -> None:
+            from ecamp.train.pretrain_show import show as show_mscf
+
+            res = show_mscf(
+                pre["checkpoints"],
+                out_dir / "figures",
+                n=max(1, n_images * 2),
+                manifest=pre["manifest"],
+                device="cpu",
+            )
+            png = Path(res["figure"])
+            rep.figures.append(png)
+            score = (
+                f" Over {res['n']} (image, lesion) pairs, {res['mass_in_box']:.3f} of the "
+                f"attention falls in the lesion boxes against {res['uniform']:.3f} for a flat "
+                f"map (ratio {res['ratio']:.2f})."
+                if res["n"]
+                else " The manifest has no lesion boxes to score the maps against."
+            )
+            rep.add(
+                f"<figure>{_img_tag(png.read_bytes(), 'MSCF attention')}<figcaption>"
+                "the cross-attention of MSCF's local path from each entity sentence's tokens "
+                "to the image patches, red: that lesion's boxes."
+                f"{html.escape(score)}</figcaption></figure>"
+            )
+
+        rep.attempt("MSCF attention", mscf)
     else:
         rep.note("No pre-training checkpoint in this run.")
 
