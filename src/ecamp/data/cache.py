@@ -329,19 +329,13 @@ class ImageCache:
 
 
 def _decode_bytes(data: bytes, fmt: str) -> np.ndarray:
-    """Decode one shard entry to (H, W) uint8 (libjpeg-turbo through torchvision for JPEG)."""
-    if fmt == "jpeg":
-        import torch
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        t = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.GRAY)
-        return t[0].numpy()
+    """Decode one shard entry to (H, W) uint8."""
     import io
 
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("L"))
+        return np.asarray(img if img.mode == "L" else img.convert("L"))
 
 
 # --------------------------------------------------------------------------- command line

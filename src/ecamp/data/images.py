@@ -298,7 +298,10 @@ def crop_resize(img: np.ndarray, params: CropParams, size: int) -> torch.Tensor:
     from torchvision.transforms.v2 import functional as F
 
     part = img[params.top : params.top + params.height, params.left : params.left + params.width]
-    t = torch.from_numpy(np.ascontiguousarray(part)).unsqueeze(0)
+    part = np.ascontiguousarray(part)
+    if not part.flags.writeable:  # torch wants writable memory (a decoder's read-only array)
+        part = part.copy()
+    t = torch.from_numpy(part).unsqueeze(0)
     mode = InterpolationMode.BICUBIC
     if t.dtype == torch.uint8:
         out = F.resize(t, [size, size], mode, antialias=True).float().div_(255.0)
