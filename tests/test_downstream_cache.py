@@ -72,6 +72,34 @@ def test_shard_cache_resumes_and_pickles(tmp_path):
         build_cache(both, tmp_path / "c", size=32, fmt="npy")
 
 
+def test_region_reads_equal_full_reads_and_reduced_jpeg_keeps_min_side(tmp_path):
+    from ecamp.config import DataConfig
+    from ecamp.data.images import augment_pretrain
+    from ecamp.data.pretrain import PretrainDataset
+
+    df = _images(tmp_path / "img", 4, start=6)  # 124..151 x 90: padded squares
+    for fmt in ("npy", "png"):
+        build_cache(df, tmp_path / fmt, size=64, fmt=fmt)
+        cache = ImageCache(tmp_path / fmt)
+        full = cache.get("id7")
+        for box in ((0, 0, 64, 64), (3, 0, 40, 30), (10, 40, 50, 24), (0, 50, 20, 14)):
+            region = cache.get_region("id7", *box, min_side=8)
+            np.testing.assert_array_equal(
+                region, full[box[0] : box[0] + box[2], box[1] : box[1] + box[3]]
+            )  # type: ignore[index]
+        # the pre-training dataset reads only the region, with the same tensors
+        ds = PretrainDataset(df.assign(image=df["image"]), DataConfig(), hr_size=16, cache=cache)
+        for seed in (1, 2, 3):
+            expected, _ = augment_pretrain(full, 16, seed)  # type: ignore[arg-type]
+            assert torch.equal(ds[(1, seed)]["image_hr"], expected)
+    build_cache(df, tmp_path / "jpg", size=64, fmt="jpeg", quality=95)
+    jpg = ImageCache(tmp_path / "jpg")
+    small = jpg.get_region("id7", 0, 0, 64, 60, min_side=16)  # 1/2 or 1/4 scale decode suffices
+    assert small is not None and min(small.shape) >= 16 and small.shape[0] < 64
+    exact = jpg.get_region("id7", 0, 0, 64, 60)
+    assert exact is not None and exact.shape == (64, 60)
+
+
 # --------------------------------------------------------------------------- downstream
 
 

@@ -29,6 +29,7 @@ jpeg shards at quality 90 a fraction of that, decoded on the fly in the loader w
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -300,11 +301,57 @@ class ImageCache:
             return np.array(self._arr[row])  # a private, writable copy (S*S bytes)
         return self._decode(str(key), int(row[0]), int(row[1]), int(row[2]))
 
-    def _decode(self, key: str, shard: int, offset: int, length: int) -> np.ndarray:
+    def get_region(
+        self, key: str, top: int, left: int, height: int, width: int, min_side: int = 0
+    ) -> np.ndarray | None:
+        """Rows ``top:top+height``, columns ``left:left+width`` of the S x S image of ``key``
+        (what ``get(key)[...]`` holds), touching only that region where the format allows.
+
+        With ``min_side`` > 0 a JPEG shard may be decoded at 1/2, 1/4 or 1/8 scale in the
+        DCT as long as the region keeps at least ``min_side`` pixels on each side: the
+        region then comes back smaller (its caller resizes it anyway).  None when absent.
+        """
+        row = self.rows.get(str(key))
+        if row is None:
+            return None
+        if self.format == "npy":
+            if self._arr is None:
+                self._arr = np.load(self.folder / ARRAY_NAME, mmap_mode="r")
+            return np.array(self._arr[row, top : top + height, left : left + width])
+        need = max(min_side / height, min_side / width) if min_side else 1.0
+        content, (top0, left0) = self._content(str(key), row, need)
+        nh, nw = self._content_size(str(key))
+        fy, fx = content.shape[0] / nh, content.shape[1] / nw  # 1 unless decoded reduced
+        r0, c0 = round((top - top0) * fy), round((left - left0) * fx)
+        r1, c1 = round((top - top0 + height) * fy), round((left - left0 + width) * fx)
+        if r0 >= 0 and c0 >= 0 and r1 <= content.shape[0] and c1 <= content.shape[1]:
+            return np.array(content[r0:r1, c0:c1])
+        out = np.zeros((r1 - r0, c1 - c0), np.uint8)  # the region reaches into the padding
+        a, b = max(r0, 0), min(r1, content.shape[0])
+        c, d = max(c0, 0), min(c1, content.shape[1])
+        if a < b and c < d:
+            out[a - r0 : b - r0, c - c0 : d - c0] = content[a:b, c:d]
+        return out
+
+    def _content_size(self, key: str) -> tuple[int, int]:
+        from ecamp.data.images import content_box
+
+        h, w = self.shapes.get(key, (self.size, self.size))
+        return content_box(h, w, self.size, self.resize)[2:]
+
+    def _content(
+        self, key: str, row: Any, scale: float = 1.0
+    ) -> tuple[np.ndarray, tuple[int, int]]:
+        """The stored (unpadded) pixels of a shard entry and their (top, left) in the square;
+        ``scale`` < 1 allows a reduced JPEG decode of at least that fraction of each side."""
+        import io
         import mmap
+
+        from PIL import Image
 
         from ecamp.data.images import content_box
 
+        shard, offset, length = int(row[0]), int(row[1]), int(row[2])
         mm = self._shards.get(shard)
         if mm is None:
             path = _shard_path(self.folder, shard)
@@ -313,29 +360,27 @@ class ImageCache:
                     mm = self._shards[shard] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             except OSError as e:
                 raise DataError(f"image cache shard {path}: {e}; rebuild the cache") from None
-        content = _decode_bytes(mm[offset : offset + length], self.format)
         h, w = self.shapes.get(key, (self.size, self.size))
         top, left, nh, nw = content_box(h, w, self.size, self.resize)
-        if content.shape != (nh, nw):
+        with Image.open(io.BytesIO(mm[offset : offset + length])) as img:
+            if scale <= 0.5 and self.format == "jpeg":
+                img.draft("L", (math.ceil(nw * scale) + 1, math.ceil(nh * scale) + 1))
+            content = np.asarray(img if img.mode == "L" else img.convert("L"))
+        if content.shape != (nh, nw) and scale > 0.5:
             raise DataError(
                 f"image cache {self.folder}: {key} decodes to {content.shape}, not {(nh, nw)}; "
                 "the shard is damaged, rebuild the cache"
             )
+        return content, (top, left)
+
+    def _decode(self, key: str, shard: int, offset: int, length: int) -> np.ndarray:
+        content, (top, left) = self._content(key, (shard, offset, length))
+        nh, nw = content.shape
         if (nh, nw) == (self.size, self.size):
-            return content
+            return np.array(content)
         out = np.zeros((self.size, self.size), np.uint8)
         out[top : top + nh, left : left + nw] = content
         return out
-
-
-def _decode_bytes(data: bytes, fmt: str) -> np.ndarray:
-    """Decode one shard entry to (H, W) uint8."""
-    import io
-
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img if img.mode == "L" else img.convert("L"))
 
 
 # --------------------------------------------------------------------------- command line

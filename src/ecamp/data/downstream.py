@@ -132,16 +132,20 @@ class DownstreamDataset(Dataset):
                 ]
                 cache.check_masks(self.mask_keys, self.ids)
         self.prepare_size = int(prepare_size)
+        self.records: list[dict] = self.frame.to_dict("records")  # rows without pandas per item
+        self._parsed: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.frame)
 
-    def _boxes(self, row: pd.Series) -> np.ndarray:
-        return np.asarray(parse_boxes(str(row.get("boxes", "") or "[]")), dtype=np.float32).reshape(
-            -1, 4
-        )
+    def _boxes(self, index: int) -> np.ndarray:
+        boxes = self._parsed.get(index)
+        if boxes is None:
+            text = str(self.records[index].get("boxes", "") or "[]")
+            boxes = self._parsed[index] = np.asarray(parse_boxes(text), np.float32).reshape(-1, 4)
+        return boxes
 
-    def _load(self, index: int, row: pd.Series) -> tuple[np.ndarray, tuple[int, int]]:
+    def _load(self, index: int, row: dict) -> tuple[np.ndarray, tuple[int, int]]:
         """The image to crop (full-size float, or the prepared S x S uint8) and the file's (H, W)."""
         from ecamp.data.images import load_image, prepare_image
 
@@ -155,8 +159,9 @@ class DownstreamDataset(Dataset):
         img = load_image(row["path"])
         return img, (int(img.shape[0]), int(img.shape[1]))
 
-    def _mask(self, index: int, row: pd.Series, shape: tuple[int, int]) -> torch.Tensor:
-        """(1, h, w) float mask in the frame the crop is drawn in (0..1; soft when prepared)."""
+    def _mask(self, index: int, row: dict, shape: tuple[int, int]) -> torch.Tensor:
+        """(1, h, w) mask in the frame the crop is drawn in: float {0, 1} at full resolution,
+        uint8 0..255 (soft edges) when prepared or cached."""
         from ecamp.data.downstream_cache import full_mask, mask_target, prepare_mask
 
         if self.cache is not None:
@@ -166,13 +171,13 @@ class DownstreamDataset(Dataset):
             if not self.prepare_size:
                 return torch.from_numpy(mask.astype(np.float32))[None]
             m = prepare_mask(mask, self.prepare_size)
-        return torch.from_numpy(m).float().div_(255.0)[None]
+        return torch.from_numpy(np.ascontiguousarray(m))[None]
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         from ecamp.data.images import CropParams, apply_crop, crop_resize, sample_crop
 
         index, seed = item if isinstance(item, tuple) else (item, 0)
-        row = self.frame.iloc[index]
+        row = self.records[index]
         img, (h, w) = self._load(index, row)
         fh, fw = img.shape  # the frame crops are drawn in
         if self.train:
@@ -192,9 +197,9 @@ class DownstreamDataset(Dataset):
             out["label"] = torch.tensor(self.targets[index])
         elif self.task == "seg":
             m = apply_crop(self._mask(index, row, (h, w)), params, self.size, "bilinear")
-            out["mask"] = (m > 0.5).float()
+            out["mask"] = (m >= 128 if m.dtype == torch.uint8 else m > 0.5).float()
         else:
-            boxes = self._boxes(row)
+            boxes = self._boxes(index)
             if (fh, fw) != (h, w):  # original pixels -> the prepared square
                 boxes = boxes * np.array([fw / w, fh / h, fw / w, fh / h], np.float32)
             boxes = _crop_boxes(boxes, params, self.size)[: self.max_boxes]

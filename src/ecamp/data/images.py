@@ -330,6 +330,15 @@ def augment_pretrain(
     return out.expand(3, -1, -1).contiguous(), params
 
 
+def augment_region(
+    region: np.ndarray, flip: bool, hr_size: int, mean: float = 0.4721, std: float = 0.3037
+) -> torch.Tensor:
+    """:func:`augment_pretrain`'s output from the crop's pixels alone (already cut out)."""
+    params = CropParams(0, 0, region.shape[0], region.shape[1], flip)
+    out = crop_resize(region, params, hr_size).sub_(mean).div_(std)
+    return out.expand(3, -1, -1).contiguous()
+
+
 def draw_pretrain_crop(
     height: int,
     width: int,

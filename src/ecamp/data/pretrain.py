@@ -28,7 +28,15 @@ from torch.utils.data import Dataset, Sampler
 
 from ecamp.config import DataConfig
 from ecamp.data.cache import ImageCache
-from ecamp.data.images import augment_pretrain, content_box, crop_map, load_image
+from ecamp.data.images import (
+    CropParams,
+    augment_pretrain,
+    augment_region,
+    content_box,
+    crop_map,
+    draw_pretrain_crop,
+    load_image,
+)
 from ecamp.data.manifest import resolve_image, validate_pretrain
 from ecamp.errors import DataError
 from ecamp.utils.logging import get_logger
@@ -123,18 +131,38 @@ class PretrainDataset(Dataset):
         img = load_image(self.paths[i])
         return img, (0, 0, img.shape[0], img.shape[1])
 
-    def _build(self, i: int, seed: int) -> dict[str, Any]:
-        img, box = self._image(i)
-        cfg = self.cfg
-        image_hr, params = augment_pretrain(
-            img,
-            self.hr_size,
-            seed,
-            (cfg.crop_scale[0], cfg.crop_scale[1]),
-            cfg.mean,
-            cfg.std,
-            cfg.augment,
+    def _cached_crop(self, i: int, seed: int) -> tuple[torch.Tensor, CropParams, tuple] | None:
+        """The augmented crop read from the cache region alone (None: not cached)."""
+        cache, key, cfg = self.cache, self.ids[i], self.cfg
+        if cache is None or key not in cache:
+            return None
+        s = cache.size
+        scale = (cfg.crop_scale[0], cfg.crop_scale[1])
+        params = draw_pretrain_crop(s, s, seed, scale, cfg.augment)
+        region = cache.get_region(
+            key, params.top, params.left, params.height, params.width, min_side=self.hr_size
         )
+        assert region is not None
+        image_hr = augment_region(region, params.flip, self.hr_size, cfg.mean, cfg.std)
+        h, w = cache.shapes.get(key, (s, s))
+        return image_hr, params, content_box(h, w, s, cache.resize)
+
+    def _build(self, i: int, seed: int) -> dict[str, Any]:
+        cfg = self.cfg
+        cached = self._cached_crop(i, seed) if self.cache is not None else None
+        if cached is not None:
+            image_hr, params, box = cached
+        else:
+            img, box = self._image(i)
+            image_hr, params = augment_pretrain(
+                img,
+                self.hr_size,
+                seed,
+                (cfg.crop_scale[0], cfg.crop_scale[1]),
+                cfg.mean,
+                cfg.std,
+                cfg.augment,
+            )
         sample: dict[str, Any] = {
             "image_hr": image_hr,
             "report": self.reports[i],
