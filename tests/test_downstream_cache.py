@@ -233,3 +233,19 @@ def test_cache_stage_and_finetune_read_the_cache(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "does not match" in err and "Traceback" not in err
+
+
+def test_cache_stage_reads_a_downstream_manifest_file(tmp_path):
+    from ecamp.cli import main
+    from ecamp.data.downstream import save_manifest
+
+    df = _images(tmp_path / "img", 3)
+    m = _downstream(tmp_path, df["image"].tolist(), [(70 + 9 * i, 90) for i in range(3)])
+    save_manifest(m, tmp_path / "m.csv")
+    out = tmp_path / "c"
+    args = ["cache", str(tmp_path / "m.csv"), str(out), "--size", "24", "--task", "seg"]
+    assert main([*args, "--format", "png"]) == 0
+    cache = DownstreamCache(out)
+    assert cache.images.format == "png" and cache.images.resize == "squash"
+    DownstreamDataset(m, "seg", ["rle"], cache=out)  # images and masks all there
+    assert main(["cache", str(tmp_path / "m.csv"), str(tmp_path / "p"), "--resize", "pad"]) == 2
