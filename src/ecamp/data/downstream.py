@@ -14,12 +14,18 @@ its columns); :func:`get_source` builds one by name.  Each item is a dict:
 
 Items may be requested as ``(index, seed)`` (the training loop passes seeds): the random
 augmentation is then a pure function of the seed.
+
+With ``cache`` (a :class:`ecamp.data.downstream_cache.DownstreamCache`, ``ecamp cache``) the
+images come squashed to the cache's side S and masks at S x S from the cache; boxes are
+scaled into that frame, and crops are drawn in it.  ``prepare_size=S`` without a cache decodes
+every file to exactly those arrays: the two paths give identical tensors for the same seed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +34,7 @@ from torch.utils.data import Dataset
 
 from ecamp.data.sources.chestxray14 import ChestXray14
 from ecamp.data.sources.chexpert import CheXpert
-from ecamp.data.sources.common import DownstreamSource, boxes_to_mask, parse_boxes, rle_decode
+from ecamp.data.sources.common import DownstreamSource, parse_boxes
 from ecamp.data.sources.covidx import COVIDx
 from ecamp.data.sources.rsna import RSNAPneumonia
 from ecamp.data.sources.siim import SIIMPneumothorax
@@ -84,7 +90,11 @@ class DownstreamDataset(Dataset):
         crop_scale: tuple[float, float] = (0.8, 1.0),
         flip_prob: float = 0.5,
         max_boxes: int = 16,
+        cache: Any = None,
+        prepare_size: int = 0,
     ) -> None:
+        from ecamp.data.downstream_cache import DownstreamCache, mask_key, mask_target
+
         if task not in TASKS:
             raise UserError(f"task must be one of {TASKS}, not {task!r}")
         missing = [c for c in ["path", *label_columns] if c not in manifest.columns]
@@ -99,29 +109,84 @@ class DownstreamDataset(Dataset):
         if task == "cls":  # targets as one array, read once
             values = self.frame[self.label_columns].to_numpy(dtype=np.float32)
             self.targets = values if multilabel else values[:, 0].astype(np.int64)
+        if isinstance(cache, (str, Path)):
+            cache = DownstreamCache(cache) if str(cache) else None
+        self.cache = cache
+        self.ids = self.frame["id"].astype(str).tolist() if "id" in self.frame else []
+        self.mask_keys: list[str] = []
+        if cache is not None:
+            if prepare_size and prepare_size != cache.size:
+                raise UserError(
+                    f"data.cache_size={prepare_size} but the cache {cache.folder} holds "
+                    f"{cache.size} px images; leave cache_size at 0 or use a matching cache"
+                )
+            if not self.ids:
+                raise UserError("a downstream manifest read through a cache needs an id column")
+            prepare_size = cache.size
+            cache.check(self.ids, self.frame["path"].astype(str).tolist())
+            if task == "seg":
+                shapes = cache.images.orig_shapes
+                self.mask_keys = [
+                    mask_key(*mask_target(r), shapes[i])
+                    for i, r in zip(self.ids, self.frame.to_dict("records"))
+                ]
+                cache.check_masks(self.mask_keys, self.ids)
+        self.prepare_size = int(prepare_size)
+        self.records: list[dict] = self.frame.to_dict("records")  # rows without pandas per item
+        self._parsed: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.frame)
 
-    def _boxes(self, row: pd.Series) -> np.ndarray:
-        return np.asarray(parse_boxes(str(row.get("boxes", "") or "[]")), dtype=np.float32).reshape(
-            -1, 4
-        )
+    def _boxes(self, index: int) -> np.ndarray:
+        boxes = self._parsed.get(index)
+        if boxes is None:
+            text = str(self.records[index].get("boxes", "") or "[]")
+            boxes = self._parsed[index] = np.asarray(parse_boxes(text), np.float32).reshape(-1, 4)
+        return boxes
+
+    def _load(self, index: int, row: dict) -> tuple[np.ndarray, tuple[int, int]]:
+        """The image to crop (full-size float, or the prepared S x S uint8) and the file's (H, W)."""
+        from ecamp.data.images import load_image, prepare_image
+
+        if self.cache is not None:
+            key = self.ids[index]
+            img = self.cache.images.get(key)
+            return img, self.cache.images.orig_shapes[key]
+        if self.prepare_size:
+            img, _, original = prepare_image(row["path"], self.prepare_size, "squash")
+            return img, original
+        img = load_image(row["path"])
+        return img, (int(img.shape[0]), int(img.shape[1]))
+
+    def _mask(self, index: int, row: dict, shape: tuple[int, int]) -> torch.Tensor:
+        """(1, h, w) mask in the frame the crop is drawn in: float {0, 1} at full resolution,
+        uint8 0..255 (soft edges) when prepared or cached."""
+        from ecamp.data.downstream_cache import full_mask, mask_target, prepare_mask
+
+        if self.cache is not None:
+            m = self.cache.masks.get(self.mask_keys[index])
+        else:
+            mask = full_mask(*mask_target(row), shape, where=str(row["path"]))
+            if not self.prepare_size:
+                return torch.from_numpy(mask.astype(np.float32))[None]
+            m = prepare_mask(mask, self.prepare_size)
+        return torch.from_numpy(np.ascontiguousarray(m))[None]
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
-        from ecamp.data.images import CropParams, apply_crop, load_image, sample_crop, to_tensor
+        from ecamp.data.images import CropParams, apply_crop, crop_resize, sample_crop
 
         index, seed = item if isinstance(item, tuple) else (item, 0)
-        row = self.frame.iloc[index]
-        img = load_image(row["path"])
-        h, w = img.shape
+        row = self.records[index]
+        img, (h, w) = self._load(index, row)
+        fh, fw = img.shape  # the frame crops are drawn in
         if self.train:
             params = sample_crop(
-                h, w, np.random.default_rng(seed), self.crop_scale, flip_prob=self.flip_prob
+                fh, fw, np.random.default_rng(seed), self.crop_scale, flip_prob=self.flip_prob
             )
         else:
-            params = CropParams(0, 0, h, w, False)
-        image = apply_crop(to_tensor(img), params, self.size).clamp_(0.0, 1.0)
+            params = CropParams(0, 0, fh, fw, False)
+        image = crop_resize(img, params, self.size)
         image = image.sub_(self.mean).div_(self.std).expand(3, -1, -1).contiguous()
         out: dict = {
             "image": image,
@@ -131,20 +196,13 @@ class DownstreamDataset(Dataset):
         if self.task == "cls":
             out["label"] = torch.tensor(self.targets[index])
         elif self.task == "seg":
-            rle = row.get("rle", None)
-            if isinstance(rle, str):
-                try:
-                    mask = rle_decode(rle, h, w)
-                except DataError as e:
-                    raise DataError(f"{row['path']}: {e}") from e
-            else:
-                mask = boxes_to_mask(self._boxes(row), h, w)
-            m = apply_crop(
-                torch.from_numpy(mask.astype(np.float32))[None], params, self.size, "bilinear"
-            )
-            out["mask"] = (m > 0.5).float()
+            m = apply_crop(self._mask(index, row, (h, w)), params, self.size, "bilinear")
+            out["mask"] = (m >= 128 if m.dtype == torch.uint8 else m > 0.5).float()
         else:
-            boxes = _crop_boxes(self._boxes(row), params, self.size)[: self.max_boxes]
+            boxes = self._boxes(index)
+            if (fh, fw) != (h, w):  # original pixels -> the prepared square
+                boxes = boxes * np.array([fw / w, fh / h, fw / w, fh / h], np.float32)
+            boxes = _crop_boxes(boxes, params, self.size)[: self.max_boxes]
             padded = torch.zeros(self.max_boxes, 4)
             padded[: len(boxes)] = torch.from_numpy(boxes)
             out["boxes"], out["num_boxes"] = padded, torch.tensor(len(boxes))

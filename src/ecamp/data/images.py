@@ -121,12 +121,14 @@ def _open_pil(path: Path, draft_size: int | None = None) -> Image.Image:
         )
     try:
         img = Image.open(path)
+        full = (int(img.size[1]), int(img.size[0]))
         if draft_size and img.format == "JPEG":
             # decode at 1/2, 1/4 or 1/8 scale in the DCT: far faster for downsizing
             img.draft("L", (draft_size, draft_size))
         img.load()
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError
         raise DataError(f"cannot decode image {path}: {e}") from None
+    img._ecamp_full_size = full  # type: ignore[attr-defined]  # (H, W) before the draft
     return img
 
 
@@ -179,6 +181,18 @@ def decode_for_cache(
     JPEGs are decoded at reduced DCT scale (never below ``size``) before the bicubic resize,
     so the returned shape may be the reduced one (same aspect ratio).
     """
+    img, decoded, _ = prepare_image(path, size, mode)
+    return img, decoded
+
+
+def prepare_image(
+    path: str | Path, size: int, mode: str = "pad"
+) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """(size, size) uint8 image as the cache stores it, its decoded (H, W) and the file's.
+
+    The file's (H, W) is the full size even when a JPEG was decoded at reduced DCT scale
+    (boxes and masks in original pixels need it).
+    """
     p = Path(path)
     if not p.exists():
         raise DataError(
@@ -186,9 +200,13 @@ def decode_for_cache(
         )
     if _is_dicom(p):
         arr = load_dicom(p)
+        original = (int(arr.shape[0]), int(arr.shape[1]))
     else:
-        arr = _pil_to_float(_open_pil(p, draft_size=size))
-    return to_uint8(resize_square(arr, size, mode)), (int(arr.shape[0]), int(arr.shape[1]))
+        pil = _open_pil(p, draft_size=size)
+        original = getattr(pil, "_ecamp_full_size", (pil.size[1], pil.size[0]))
+        arr = _pil_to_float(pil)
+    decoded = (int(arr.shape[0]), int(arr.shape[1]))
+    return to_uint8(resize_square(arr, size, mode)), decoded, original
 
 
 def load_image_resized(path: str | Path, size: int, mode: str = "pad") -> np.ndarray:
@@ -268,6 +286,30 @@ def apply_crop(
     return out.flip(-1) if params.flip else out
 
 
+def crop_resize(img: np.ndarray, params: CropParams, size: int) -> torch.Tensor:
+    """Crop an (H, W) image with ``params`` and resize to (1, size, size) float32 in [0, 1].
+
+    The crop is sliced before any conversion, so only its pixels are touched.  uint8 images
+    are resized with torch's uint8 bicubic kernel (antialiased, clamped to 0..255 between the
+    two passes, like PIL on an 8-bit image: what the release's torchvision-on-PIL transform
+    does) and then scaled; float images with the float kernel, clamped to [0, 1].
+    """
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    part = img[params.top : params.top + params.height, params.left : params.left + params.width]
+    part = np.ascontiguousarray(part)
+    if not part.flags.writeable:  # torch wants writable memory (a decoder's read-only array)
+        part = part.copy()
+    t = torch.from_numpy(part).unsqueeze(0)
+    mode = InterpolationMode.BICUBIC
+    if t.dtype == torch.uint8:
+        out = F.resize(t, [size, size], mode, antialias=True).float().div_(255.0)
+    else:
+        out = F.resize(t.float(), [size, size], mode, antialias=True).clamp_(0.0, 1.0)
+    return out.flip(-1) if params.flip else out
+
+
 def augment_pretrain(
     img: np.ndarray,
     hr_size: int,
@@ -283,16 +325,115 @@ def augment_pretrain(
     the crop drawn (so a guidance map can follow the same geometry).  ``mode="none"``
     resizes the whole image without flipping.
     """
-    h, w = img.shape
-    if mode == "release":
-        params = sample_crop(h, w, np.random.default_rng(seed), scale)
-    elif mode == "none":
-        params = CropParams(0, 0, h, w, False)
-    else:
-        raise ValueError(f"augment must be 'release' or 'none', got {mode!r}")
-    out = apply_crop(to_tensor(img), params, hr_size).clamp_(0.0, 1.0)
-    out = out.sub_(mean).div_(std)
+    params = draw_pretrain_crop(img.shape[0], img.shape[1], seed, scale, mode)
+    out = crop_resize(img, params, hr_size).sub_(mean).div_(std)
     return out.expand(3, -1, -1).contiguous(), params
+
+
+def augment_region(
+    region: np.ndarray, flip: bool, hr_size: int, mean: float = 0.4721, std: float = 0.3037
+) -> torch.Tensor:
+    """:func:`augment_pretrain`'s output from the crop's pixels alone (already cut out)."""
+    params = CropParams(0, 0, region.shape[0], region.shape[1], flip)
+    out = crop_resize(region, params, hr_size).sub_(mean).div_(std)
+    return out.expand(3, -1, -1).contiguous()
+
+
+def draw_pretrain_crop(
+    height: int,
+    width: int,
+    seed: int,
+    scale: tuple[float, float] = (0.2, 1.0),
+    mode: str = "release",
+) -> CropParams:
+    """The crop :func:`augment_pretrain` draws on an (height, width) image for ``seed``."""
+    if mode == "release":
+        return sample_crop(height, width, np.random.default_rng(seed), scale)
+    if mode == "none":
+        return CropParams(0, 0, height, width, False)
+    raise ValueError(f"augment must be 'release' or 'none', got {mode!r}")
+
+
+# --------------------------------------------------------------------------- crop resolution
+
+
+def min_crop_sides(
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int]:
+    """The smallest crop height and width :func:`sample_crop` can draw on (height, width).
+
+    The crop's area is ``scale * H * W`` and its aspect w/h lies in ``ratio``, so its width
+    is smallest at the least scale and the least aspect, its height at the least scale and
+    the largest aspect (computed with the same expressions as the draw, then rounded).  The
+    fallback crop (after ten rejected draws) is larger than both.
+    """
+    area = height * width * scale[0]
+    w = round(math.sqrt(area * ratio[0]))
+    h = round(math.sqrt(area / ratio[1]))
+    return h, w
+
+
+def cache_side_for(
+    hr_size: int,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> int:
+    """The smallest square side S whose every crop has both sides >= ``hr_size`` pixels.
+
+    A crop drawn on an S x S cache square with scale ``s`` and aspect ``a`` is
+    round(S sqrt(s a)) wide and round(S sqrt(s / a)) high, so
+    S >= (hr - 1/2) / sqrt(scale_min * min(ratio_min, 1 / ratio_max)).  For the release's
+    448 px, scale (0.2, 1) and ratio (3/4, 4/3) that is 1156 (1001 if the aspect were
+    always 1).
+    """
+    k = math.sqrt(scale[0] * min(ratio[0], 1.0 / ratio[1]))
+    side = max(hr_size, math.ceil((hr_size - 0.5) / k) - 1)
+    while min(min_crop_sides(side, side, scale, ratio)) < hr_size:
+        side += 1
+    return side
+
+
+def crop_source_pixels(
+    params: CropParams, frame: int, decoded: tuple[int, int], mode: str = "pad"
+) -> tuple[float, float]:
+    """(height, width) in real image pixels behind a crop drawn on a cached square.
+
+    The square of side ``frame`` holds an image decoded at ``decoded`` (H, W), resized by
+    ``mode`` (pad: one scale, longer side = frame; squash: each side = frame).  A cache that
+    shrank the image keeps one real pixel per cache pixel; one that enlarged it keeps fewer.
+    """
+    h, w = decoded
+    if mode == "pad":
+        fy = fx = min(1.0, max(h, w) / frame)
+    else:
+        fy, fx = min(1.0, h / frame), min(1.0, w / frame)
+    return params.height * fy, params.width * fx
+
+
+def is_upsampled(source_hw: tuple[float, float], hr_size: int) -> bool:
+    """Whether a crop with ``source_hw`` real pixels is enlarged to become ``hr_size`` square."""
+    return source_hw[0] < hr_size or source_hw[1] < hr_size
+
+
+def image_shape(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image file read from its header (no pixel decoding)."""
+    p = Path(path)
+    if _is_dicom(p):
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            return int(ds.Rows), int(ds.Columns)
+        except Exception as e:  # pydicom raises many types for bad files
+            raise DataError(f"cannot read DICOM header {p}: {e}") from None
+    try:
+        with Image.open(p) as img:
+            return int(img.size[1]), int(img.size[0])
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError
+        raise DataError(f"cannot read image header {p}: {e}") from None
 
 
 def crop_map(

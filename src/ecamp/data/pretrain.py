@@ -28,7 +28,15 @@ from torch.utils.data import Dataset, Sampler
 
 from ecamp.config import DataConfig
 from ecamp.data.cache import ImageCache
-from ecamp.data.images import augment_pretrain, content_box, crop_map, load_image
+from ecamp.data.images import (
+    CropParams,
+    augment_pretrain,
+    augment_region,
+    content_box,
+    crop_map,
+    draw_pretrain_crop,
+    load_image,
+)
 from ecamp.data.manifest import resolve_image, validate_pretrain
 from ecamp.errors import DataError
 from ecamp.utils.logging import get_logger
@@ -79,9 +87,36 @@ class PretrainDataset(Dataset):
         self.guidance = guidance
         self.bad_ids: set[str] = set()
         self.substitutions = 0
+        self._shapes: dict[str, tuple[int, int]] = {}  # file headers read for crop_source_pixels
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def crop_source_pixels(self, i: int, seed: int) -> tuple[float, float] | None:
+        """(height, width) in real image pixels behind the crop sample ``(i, seed)`` draws.
+
+        Computed from sizes alone (the cache's index, else the file's header), without
+        decoding; None when the image is unreadable.
+        """
+        from ecamp.data.images import crop_source_pixels, draw_pretrain_crop, image_shape
+
+        key = self.ids[i]
+        scale = (self.cfg.crop_scale[0], self.cfg.crop_scale[1])
+        cache = self.cache
+        if cache is not None and key in cache:
+            s = cache.size
+            params = draw_pretrain_crop(s, s, seed, scale, self.cfg.augment)
+            return crop_source_pixels(params, s, cache.shapes.get(key, (s, s)), cache.resize)
+        if cache is not None and key in cache.failed:
+            return None
+        shape = self._shapes.get(key)
+        if shape is None:
+            try:
+                shape = self._shapes[key] = image_shape(self.paths[i])
+            except DataError:
+                return None
+        params = draw_pretrain_crop(shape[0], shape[1], seed, scale, self.cfg.augment)
+        return float(params.height), float(params.width)
 
     def _image(self, i: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         """The image of row ``i`` and the box its original content covers in that frame."""
@@ -96,18 +131,38 @@ class PretrainDataset(Dataset):
         img = load_image(self.paths[i])
         return img, (0, 0, img.shape[0], img.shape[1])
 
-    def _build(self, i: int, seed: int) -> dict[str, Any]:
-        img, box = self._image(i)
-        cfg = self.cfg
-        image_hr, params = augment_pretrain(
-            img,
-            self.hr_size,
-            seed,
-            (cfg.crop_scale[0], cfg.crop_scale[1]),
-            cfg.mean,
-            cfg.std,
-            cfg.augment,
+    def _cached_crop(self, i: int, seed: int) -> tuple[torch.Tensor, CropParams, tuple] | None:
+        """The augmented crop read from the cache region alone (None: not cached)."""
+        cache, key, cfg = self.cache, self.ids[i], self.cfg
+        if cache is None or key not in cache:
+            return None
+        s = cache.size
+        scale = (cfg.crop_scale[0], cfg.crop_scale[1])
+        params = draw_pretrain_crop(s, s, seed, scale, cfg.augment)
+        region = cache.get_region(
+            key, params.top, params.left, params.height, params.width, min_side=self.hr_size
         )
+        assert region is not None
+        image_hr = augment_region(region, params.flip, self.hr_size, cfg.mean, cfg.std)
+        h, w = cache.shapes.get(key, (s, s))
+        return image_hr, params, content_box(h, w, s, cache.resize)
+
+    def _build(self, i: int, seed: int) -> dict[str, Any]:
+        cfg = self.cfg
+        cached = self._cached_crop(i, seed) if self.cache is not None else None
+        if cached is not None:
+            image_hr, params, box = cached
+        else:
+            img, box = self._image(i)
+            image_hr, params = augment_pretrain(
+                img,
+                self.hr_size,
+                seed,
+                (cfg.crop_scale[0], cfg.crop_scale[1]),
+                cfg.mean,
+                cfg.std,
+                cfg.augment,
+            )
         sample: dict[str, Any] = {
             "image_hr": image_hr,
             "report": self.reports[i],
@@ -151,6 +206,39 @@ class PretrainDataset(Dataset):
             f"{_MAX_SUBSTITUTES} consecutive manifest rows from row {index} have unreadable images; "
             "check image_root and the image files"
         )
+
+
+def drawn_seed(loop_seed: int) -> int:
+    """The augmentation seed of an item the training loop asks for by index with ``loop_seed``.
+
+    The dataset takes plain indices, so the loop seeds torch's RNG with ``loop_seed`` around
+    the call (``ecamp.train.loop.SeededIndexDataset``) and ``__getitem__`` draws its seed.
+    """
+    g = torch.Generator()
+    g.manual_seed(loop_seed)
+    return int(torch.randint(0, 2**31 - 1, (), generator=g).item())
+
+
+def upsampled_fraction(
+    dataset: PretrainDataset,
+    items: Sequence[tuple[int, int]],
+    hr_size: int,
+    limit: int = 20_000,
+) -> tuple[float, int]:
+    """Share of the crops of ``items`` ((index, loop seed) pairs) whose real source is below
+    ``hr_size`` pixels on a side, i.e. enlarged to become the SR target; and how many crops it
+    looked at (``limit`` evenly spaced ones when there are more: an estimate, +-0.4% at most)."""
+    if len(items) > limit:
+        picks = np.linspace(0, len(items) - 1, limit).round().astype(int)
+        items = [items[k] for k in picks]
+    up = n = 0
+    for i, seed in items:
+        src = dataset.crop_source_pixels(int(i), drawn_seed(int(seed)))
+        if src is None:
+            continue
+        n += 1
+        up += src[0] < hr_size or src[1] < hr_size
+    return (up / n if n else 0.0), n
 
 
 class SeededSampler(Sampler):

@@ -108,6 +108,12 @@ class FinetuneDataConfig:
     mean: float = 0.4721
     std: float = 0.3037
     num_workers: int = 0
+    # a downstream image cache (`ecamp cache DATASET DIR`): images squashed to its side, masks
+    # and boxes aligned; empty = decode every file every epoch
+    cache: str = ""
+    # >0 without a cache: decode each file to the square a cache of this side holds (the
+    # same tensors as reading that cache); 0 = full resolution.  With a cache: 0 or its side
+    cache_size: int = 0
 
 
 @dataclass
@@ -309,6 +315,17 @@ def select_labels(
     return list(wanted), list(wanted)
 
 
+def _open_cache(folder: str) -> Any:
+    """The downstream cache ``data.cache`` names (opened once, shared by the splits)."""
+    if not folder:
+        return None
+    from ecamp.data.downstream_cache import DownstreamCache
+
+    cache = DownstreamCache(folder)
+    log.info("images from the cache %s (%d px, %s)", folder, cache.size, cache.images.format)
+    return cache
+
+
 def build_data(cfg: FinetuneConfig, output_dir: Path, img_size: int) -> TaskData:
     """Train / val / test datasets at ``img_size``."""
     from ecamp.data.downstream import build_datasets
@@ -333,6 +350,8 @@ def build_data(cfg: FinetuneConfig, output_dir: Path, img_size: int) -> TaskData
         crop_scale=tuple(d.crop_scale),
         flip_prob=d.flip_prob,
         max_boxes=d.max_boxes,
+        cache=_open_cache(d.cache),
+        prepare_size=d.cache_size,
     )
     if "train" not in datasets:
         raise UserError(f"{d.dataset}: the manifest has no training rows (split == 'train')")

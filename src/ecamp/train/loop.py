@@ -126,15 +126,20 @@ class ShardedBatchSampler(Sampler[list[tuple[int, int]]]):
     def __len__(self) -> int:
         return self.num_batches - self.start_batch
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def epoch_items(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, sample seeds) of the whole global epoch ``epoch`` (every rank's share)."""
         if self.shuffle:
-            order = epoch_permutation(self.n, self.seed, self.epoch)
+            order = epoch_permutation(self.n, self.seed, epoch)
         else:
             order = torch.arange(self.n)
         if self.padded_len > self.n:
             order = torch.cat([order, order[: self.padded_len - self.n]])
-        idx = order[: self.padded_len].numpy()
-        seeds = derive_seeds(self.seed, self.epoch, np.arange(self.padded_len))
+        return order[: self.padded_len].numpy(), derive_seeds(
+            self.seed, epoch, np.arange(self.padded_len)
+        )
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        idx, seeds = self.epoch_items(self.epoch)
         G, B = self.global_batch, self.batch_size
         for j in range(self.start_batch, self.num_batches):
             lo = j * G
@@ -303,6 +308,7 @@ class Trainer:
     kept in proportion to the schedule). ``eval_fn(model, epoch)`` runs on rank 0 at each
     epoch end, with the training RNG streams left untouched; its metrics go to eval.csv and
     TensorBoard, and ``best_metric`` among them picks ``checkpoints/best.pt``.
+    ``on_epoch_start(epoch)`` runs on rank 0 before each epoch's first batch (also a resumed one).
     Call :func:`ecamp.train.distributed.cleanup` once the stage is done with DDP.
     """
 
@@ -320,6 +326,7 @@ class Trainer:
         best_mode: str = "max",
         num_workers: int = 0,
         persistent_workers: bool = False,
+        on_epoch_start: Callable[[int], None] | None = None,
     ) -> None:
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
@@ -328,6 +335,7 @@ class Trainer:
         self.cfg = cfg
         self.output_dir = Path(output_dir)
         self.eval_fn = eval_fn
+        self.on_epoch_start = on_epoch_start
         self.best_metric = best_metric
         self.best_mode = best_mode
         self.config = _config_dict(config_to_save)
@@ -685,6 +693,8 @@ class Trainer:
         self.model.train()
         while self.epoch < cfg.epochs and self.step < self.stop_step:
             self.sampler.set_epoch(self.epoch, self.micro_in_epoch)
+            if self.on_epoch_start is not None and self.dist.is_main:
+                self.on_epoch_start(self.epoch)
             for batch in self.loader:
                 group_start = (self.micro_in_epoch // accum) * accum
                 group_size = min(accum, nb - group_start)

@@ -179,6 +179,46 @@ def check_text_fits(cfg: PretrainConfig) -> None:
         )
 
 
+UPSAMPLED_WARN = 0.05  # share of enlarged SR crops above which `ecamp pretrain` warns
+
+
+def upsampled_crop_monitor(dataset: Any, sampler: Any, cfg: PretrainConfig) -> Any:
+    """An ``on_epoch_start`` hook: log the share of the epoch's crops that are up-sampled to
+    become the ``hr_size`` SR target, warn above :data:`UPSAMPLED_WARN`.  Records each epoch's
+    share in the returned function's ``history``."""
+    from ecamp.data.images import cache_side_for
+    from ecamp.data.pretrain import upsampled_fraction
+
+    hr = cfg.model.hr_size
+    history: dict[int, float] = {}
+
+    def hook(epoch: int) -> None:
+        idx, seeds = sampler.epoch_items(epoch)
+        frac, n = upsampled_fraction(dataset, list(zip(idx.tolist(), seeds.tolist())), hr)
+        history[epoch] = frac
+        note = "" if n >= len(idx) else f", estimated from {n} of {len(idx)}"
+        log.info(
+            "epoch %d: %.1f%% of the %d-px SR crops are up-sampled%s", epoch, 100 * frac, hr, note
+        )
+        if frac > UPSAMPLED_WARN:
+            side = cache_side_for(hr, (cfg.data.crop_scale[0], cfg.data.crop_scale[1]))
+            log.warning(
+                "%.1f%% of epoch %d's SR targets are crops of fewer than %d real pixels, "
+                "enlarged to %d: the SR loss then learns interpolation.  Build the image cache "
+                "at a side of at least %d (`ecamp cache MANIFEST DIR --size %d --format jpeg`) "
+                "from images at least that large, or raise data.crop_scale",
+                100 * frac,
+                epoch,
+                hr,
+                hr,
+                side,
+                side,
+            )
+
+    hook.history = history  # type: ignore[attr-defined]
+    return hook
+
+
 def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
     """Run one pre-training job into ``output_dir``; returns the summary (also results.json)."""
     import torch
@@ -214,7 +254,10 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
         num_workers=cfg.data.num_workers,
         persistent_workers=cfg.data.num_workers > 0,
     )
+    monitor = upsampled_crop_monitor(dataset, trainer.sampler, cfg)
+    trainer.on_epoch_start = monitor
     summary = trainer.fit()
+    summary["upsampled_crops"] = {str(k): round(v, 4) for k, v in monitor.history.items()}
     summary["skipped_images"] = sorted(getattr(dataset, "bad_ids", set()))
     if du.is_main():
         enc = export_encoder(trainer.model, out / "encoder", extra={"source": "ecamp pretrain"})
