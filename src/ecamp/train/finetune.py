@@ -4,7 +4,8 @@ One stage for the paper's Tables 1-3: an encoder (``--init``: our export, a pre-
 checkpoint, the authors' release, a timm ViT name, or random) gets a task head from
 :mod:`ecamp.models.heads` and trains on the generic loop (AMP, DDP, resume, logs).  The
 validation metric picks ``checkpoints/best.pt`` (macro AUC for multi-label / binary
-classification, accuracy for multi-class, global Dice at 0.5 for segmentation, mAP over IoU
+classification, accuracy for multi-class, Dice at 0.5 for segmentation (per image as the
+release's ``get_dice`` by default, ``seg_dice=global`` pools the pixels), mAP over IoU
 0.40..0.75 with the MGCA protocol for detection); that state is scored on the TEST split and
 written to ``results.json``.
 
@@ -24,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ecamp.config import TrainConfig, apply_overrides, from_dict, read_yaml
 from ecamp.errors import DataError, UserError
@@ -124,6 +125,9 @@ class FinetuneConfig:
     eval_batch_size: int = 64
     det_conf_threshold: float = 0.05  # detections kept before scoring
     det_protocol: str = "mgca"  # mgca | coco (see ecamp.eval.metrics.detection_map)
+    # segmentation headline / best-checkpoint Dice: per_image (mean over images, the release's
+    # get_dice) | global (pooled over all pixels); results.json reports both
+    seg_dice: Literal["per_image", "global"] = "per_image"
     output: str = ""
 
 
@@ -454,10 +458,8 @@ def evaluate(model: Any, dataset: Any, cfg: FinetuneConfig, data: TaskData) -> d
         return {name: M.accuracy(y_true, y_score)}
     if cfg.task == "seg":
         ii, tt = np.concatenate(inter), np.concatenate(total)
-        return {
-            name: M.dice_from_counts(ii, tt, "global"),
-            "dice_per_image": M.dice_from_counts(ii, tt, "per_image"),
-        }
+        both = {f"dice_{r}": M.dice_from_counts(ii, tt, r) for r in M.DICE_REDUCTIONS}
+        return {name: both[f"dice_{cfg.seg_dice}"], **both}
     targets = [
         np.asarray(parse_boxes(str(s or "[]")), np.float32).reshape(-1, 4)
         for s in dataset.frame["boxes"]
@@ -548,6 +550,7 @@ def finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
             "task": cfg.task,
             "dataset": cfg.data.dataset,
             "metric": metric,
+            **({"dice_reduction": cfg.seg_dice} if cfg.task == "seg" else {}),
             "value": _finite(scored[metric]),
             "split": split,
             "metrics": {k: (_finite(v) if isinstance(v, float) else v) for k, v in scored.items()},
