@@ -22,6 +22,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("attention", "ecamp.train.attention"),
     ("pretrain", "ecamp.train.pretrain"),
     ("export", "ecamp.train.export"),
+    ("splits", "ecamp.data.splits_cli"),
     ("finetune", "ecamp.train.finetune"),
     ("evaluate", "ecamp.eval.cli"),
 ]

@@ -95,6 +95,11 @@ class FinetuneDataConfig:
     manifest: str = ""  # a prepared downstream manifest CSV (columns as ecamp.data.sources.common)
     fraction: float = 100.0  # percent of the training labels (release lists for 1 / 10 / 100)
     sampling: str = "release"  # release (the authors' lists) | random (seeded subset)
+    # paper: leak-free splits (release test lists; train / val hold no test image or patient;
+    # CheXpert val = 5,000 seeded training images); release: the lists byte for byte, leaks
+    # included (ecamp.data.split_modes; `ecamp splits` prints sizes and overlaps)
+    split_mode: Literal["paper", "release"] = "paper"
+    split_seed: int = 0  # CheXpert's validation draw in paper mode
     labels_from: str = "list"  # list (release lists' targets) | official (the dataset's files)
     source_args: dict[str, Any] = field(default_factory=dict)  # extra adapter arguments
     # cls (multi-label): train / score only these labels.  Phantom seg / det: the lesion classes
@@ -291,6 +296,8 @@ def build_manifest(cfg: FinetuneConfig, output_dir: Path) -> tuple[Any, list[str
             sampling=d.sampling,
             seed=cfg.train.seed,
             labels_from=d.labels_from,
+            split_mode=d.split_mode,
+            split_seed=d.split_seed,
         )
     if cfg.task == "cls":
         columns = list(cls.labels) if cls.multilabel else ["label"]
@@ -560,6 +567,7 @@ def finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
             "linear_probe": cfg.model.linear_probe,
             "fraction": cfg.data.fraction,
             "sampling": "random" if cfg.data.dataset == "phantom" else cfg.data.sampling,
+            "split_mode": None if cfg.data.dataset == "phantom" else cfg.data.split_mode,
             "n_train": len(data.datasets["train"]),
             "n_test": len(data.datasets[split]),
             "labels": data.labels,
