@@ -136,3 +136,42 @@ def test_finetune_split_mode_is_checked_at_load():
         from_dict(FinetuneConfig, {"data": {"split_mode": "leaky"}})
     with pytest.raises(ConfigError, match="seg_dice"):
         from_dict(FinetuneConfig, {"seg_dice": "mean"})
+
+
+def test_data_root_adds_the_training_pool_and_patients(test_data, tmp_path):
+    """ChestX-ray14 at 100 %: the official images minus val and test, from a real subset."""
+    (tmp_path / "images").symlink_to(test_data("nih_cxr14_subset/images"))
+    (tmp_path / "Data_Entry_2017_v2020.csv.gz").symlink_to(
+        test_data("label_tables/Data_Entry_2017_v2020.csv.gz")
+    )
+    res = audit("chestxray14", fraction=100, root=tmp_path)
+    assert res["training_pool"] == "dataset's official training images"
+    assert res["sizes"]["train"] > 0 and set(res["overlap_patients"].values()) == {0}
+
+
+def test_covidx_patients_from_its_split_files(tmp_path):
+    """A patient with an image in test and one in val: paper mode takes the val one out."""
+    from PIL import Image
+
+    from ecamp.data.downstream import get_source
+
+    lists = release_ids("covidx", "cls")
+    picks = {"train_1": lists["train_1"][:2], "val": lists["val"][:2], "test": lists["test"][:2]}
+    lines: dict[str, list[str]] = {"train": [], "test": []}
+    names = {0: "normal", 1: "pneumonia", 2: "COVID-19"}
+    for split, ids in picks.items():
+        for k, image_id in enumerate(ids):
+            folder, fname = image_id.split("/", 1)
+            patient = "shared" if (split, k) in {("val", 0), ("test", 0)} else f"{split}{k}"
+            lines[folder].append(f"{patient} {fname} {names[0]} src")
+            (tmp_path / folder).mkdir(exist_ok=True)
+            Image.new("L", (8, 8)).save(tmp_path / folder / fname)
+    for folder, rows in lines.items():
+        (tmp_path / f"{folder}_COVIDx9A.txt").write_text("\n".join(rows) + "\n")
+    res = audit("covidx", fraction=1, mode="release", root=tmp_path)
+    assert res["overlap_patients"]["val&test"] == 1 and res["overlap_images"]["val&test"] == 0
+    assert set(audit("covidx", fraction=1, root=tmp_path)["overlap_patients"].values()) == {0}
+    m = get_source("covidx", tmp_path).manifest("cls", fraction=1)
+    assert m.loc[m["split"] == "val", "id"].tolist() == [picks["val"][1]]
+    kept = get_source("covidx", tmp_path).manifest("cls", fraction=1, split_mode="release")
+    assert sorted(kept.loc[kept["split"] == "val", "id"]) == sorted(picks["val"])
