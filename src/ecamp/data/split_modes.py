@@ -46,7 +46,7 @@ FRACTIONS = (1, 10, 100)
 
 @dataclass
 class SplitPlan:
-    """Image ids (adapter ``id``\\ s) of each split, in list order, and what was done."""
+    """The image ids (adapter ``id`` values) of each split, in list order, and what was done."""
 
     train: list[str] | None  # None: the full training set needs the dataset (official images)
     val: list[str]
