@@ -9,7 +9,7 @@ import pandas as pd
 from PIL import Image
 
 from ecamp.data.manifest import validate_pretrain
-from ecamp.data.sources.mimic_cxr import build_mimic_manifest, study_dir
+from ecamp.data.sources.mimic_cxr import FRONTAL_VIEWS, build_mimic_manifest, study_dir
 
 # MIMIC reports wrap lines and leave blank lines holding one space
 REPORT = (
@@ -66,7 +66,9 @@ def test_study_dir_layout():
 
 def test_manifest_from_fake_tree(tmp_path):
     jpg, rep, split, meta = _tree(tmp_path)
-    df = build_mimic_manifest(jpg, rep, split, meta)
+    # every view by default, as the paper (all 377,110 images)
+    assert build_mimic_manifest(jpg, rep, split, meta)["id"].tolist() == ["d1", "d2", "d3"]
+    df = build_mimic_manifest(jpg, rep, split, meta, views=FRONTAL_VIEWS)
     assert df["id"].tolist() == ["d1", "d3"]  # lateral, empty report and missing JPEG dropped
     assert df["image"][0] == "files/p10/p10000032/s50414267/d1.jpg"
     assert df["split"].tolist() == ["train", "validate"]
@@ -111,4 +113,6 @@ def test_command_line_stage(tmp_path):
         str(meta),
     ]
     assert stage.run(parser.parse_args([*argv, "-o", str(out)])) == 0
+    assert load_pretrain_manifest(out)["id"].tolist() == ["d1", "d2", "d3"]
+    assert stage.run(parser.parse_args([*argv, "--views", "PA,AP", "-o", str(out)])) == 0
     assert load_pretrain_manifest(out)["id"].tolist() == ["d1", "d3"]

@@ -98,8 +98,22 @@ def test_seg_npz_with_different_image_sizes(tmp_path):
         "--targets",
         str(tmp_path / "t.npz"),
     )
-    assert res["dice"] == pytest.approx(8 / 12)
+    # per image (the release's protocol) by default; b: empty truth, empty prediction -> 1
+    assert res["dice"] == pytest.approx((8 / 12 + 1) / 2) and res["reduction"] == "per_image"
     assert res["dice_per_image"] == pytest.approx((8 / 12 + 1) / 2)
+    assert res["dice_global"] == pytest.approx(8 / 12)
+    pooled = _run(
+        tmp_path,
+        "--task",
+        "seg",
+        "--dice",
+        "global",
+        "--predictions",
+        str(tmp_path / "p.npz"),
+        "--targets",
+        str(tmp_path / "t.npz"),
+    )
+    assert pooled["dice"] == pytest.approx(8 / 12) and pooled["reduction"] == "global"
 
 
 def test_det_json(tmp_path):

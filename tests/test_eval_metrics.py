@@ -60,12 +60,55 @@ def test_dice_global_and_per_image_by_hand():
     prob[0, :2, :] = 0.9  # 8 px, 4 overlap -> dice 8/12
     prob[1, 0, 0] = 0.7  # false positive on an empty target -> dice 0
     # image 2: both empty -> 1 per image, nothing in global
-    assert dice(prob, target) == pytest.approx(2 * 4 / (8 + 4 + 1))
+    assert dice(prob, target, reduction="global") == pytest.approx(2 * 4 / (8 + 4 + 1))
+    assert dice(prob, target) == pytest.approx((8 / 12 + 0 + 1) / 3)  # per image: the default
     assert dice(prob, target, reduction="per_image") == pytest.approx((8 / 12 + 0 + 1) / 3)
     assert dice(np.zeros((2, 3, 3)), np.zeros((2, 3, 3))) == 1.0
-    assert dice(np.full((1, 2, 2), 0.5), np.ones((1, 2, 2)), threshold=0.5) == 1.0
+    assert dice(np.zeros((2, 3, 3)), np.zeros((2, 3, 3)), reduction="global") == 1.0
     with pytest.raises(UserError):
         dice(prob, target, reduction="mean")
+
+
+def test_dice_per_image_is_the_release_protocol_by_hand():
+    """get_dice of the release: p = prob > 0.5 (strict), t = truth > 0.5; empty truth scores
+    1 if the prediction is empty else 0; other images 2|P and T| / (|P| + |T|); mean."""
+    target = np.zeros((4, 2, 2))
+    prob = np.zeros((4, 2, 2))
+    target[0] = 1  # 4 px truth, prediction of exactly 0.5 everywhere: not foreground -> 0
+    prob[0] = 0.5
+    target[1, 0] = 1  # 2 px truth, 1 px predicted inside: 2*1 / (1+2) = 2/3
+    prob[1, 0, 0] = 0.51
+    prob[2, 1, 1] = 0.9  # empty truth, a 1-px prediction -> 0
+    # image 3: empty truth, empty prediction -> 1
+    assert dice(prob, target) == pytest.approx((0 + 2 / 3 + 0 + 1) / 4)
+    # pooled: 2 * 1 / (|P| = 2, |T| = 6)
+    assert dice(prob, target, reduction="global") == pytest.approx(2 / 8)
+    # SIIM-like: mostly empty truths that a model leaves empty dominate the per-image mean
+    t = np.zeros((10, 2, 2))
+    t[0] = 1
+    p = np.zeros((10, 2, 2))
+    p[0, 0] = 0.9
+    assert dice(p, t) == pytest.approx((2 * 2 / 6 + 9) / 10)
+    assert dice(p, t, reduction="global") == pytest.approx(4 / 6)
+    # the truth is thresholded at 0.5 too (soft masks)
+    assert dice(np.full((1, 2, 2), 0.9), np.full((1, 2, 2), 0.4)) == 0.0
+
+
+def test_dice_matches_an_independent_f1_computation():
+    """Dice of binary masks is the F1 score of their pixels: sklearn's, with zero_division=1
+    for an image whose truth and prediction are both empty."""
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    prob = rng.random((40, 8, 8)) ** 3  # sparse predictions, some images all below 0.5
+    target = (rng.random((40, 8, 8)) < 0.15) & (rng.random((40, 1, 1)) < 0.4)  # 60% empty
+    prob[rng.random(40) < 0.3] = 0.0  # some empty predictions, on empty and non-empty truths
+    pred = prob > 0.5
+    per = [f1_score(t.ravel(), p.ravel(), zero_division=1.0) for t, p in zip(target, pred)]
+    assert (target.reshape(40, -1).sum(1) == 0).sum() >= 10  # the empty-truth case is exercised
+    assert dice(prob, target) == pytest.approx(float(np.mean(per)))
+    pooled = f1_score(target.ravel(), pred.ravel(), zero_division=1.0)
+    assert dice(prob, target, reduction="global") == pytest.approx(pooled)
 
 
 def _box(x1, y1, x2, y2):

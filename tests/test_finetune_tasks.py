@@ -111,9 +111,15 @@ def test_segmentation_beats_trivial_masks(seg_world, tmp_path):
     # per-image Dice of predicting nothing: 1 on each lesion-free image, 0 on the others
     # (its global Dice is 0)
     empty = float((masks.reshape(len(masks), -1).sum(1) == 0).mean())
-    dice, per_image = res["metrics"]["dice"], res["metrics"]["dice_per_image"]
+    dice, per_image = res["metrics"]["dice_global"], res["metrics"]["dice_per_image"]
     assert dice > max(0.3, 10 * all_foreground), (res["metrics"], all_foreground)
     assert per_image > empty, (res["metrics"], empty)
+    # the release's per-image Dice is the headline and the best-checkpoint metric
+    assert res["dice_reduction"] == "per_image" and res["value"] == pytest.approx(per_image)
+    evals = pd.read_csv(tmp_path / "eval.csv")
+    assert {"dice", "dice_per_image", "dice_global"} <= set(evals.columns)
+    assert np.allclose(evals["dice"].dropna(), evals["dice_per_image"].dropna())
+    assert res["val_best"] == pytest.approx(evals["dice_per_image"].max())
 
 
 def test_detection_finds_lesions(world, tmp_path):

@@ -154,13 +154,19 @@ def test_chexpert_uncertain_policies(tmp_path):
         ]
         assert got.tolist() == row, policy
         assert m.set_index("id").loc[tr[0], "path"] == str(tmp_path / tr[0])
-    ign = get_source("chexpert", tmp_path, uncertain="ignore").manifest("cls", fraction=100)
+    ign = get_source("chexpert", tmp_path, uncertain="ignore").manifest(
+        "cls", fraction=100, split_mode="release"
+    )
     assert (
         ign.set_index("id").loc[tr[0], "Atelectasis"]
         != ign.set_index("id").loc[tr[0], "Atelectasis"]
     )  # NaN
     assert ign.set_index("id").loc[tr[1], ["Atelectasis", "Consolidation"]].tolist() == [0.0, 1.0]
     assert sorted(ign["split"].unique()) == ["test", "train", "val"]  # release test = valid images
+    # paper mode: val is drawn from the training images (up to 5,000: here both), not the test
+    paper = get_source("chexpert", tmp_path).manifest("cls", fraction=100)
+    assert sorted(paper.loc[paper["split"] == "val", "id"]) == sorted(tr)
+    assert set(paper.loc[paper["split"] == "test", "id"]) == set(va)
     assert (
         get_source("chexpert", tmp_path).manifest("cls", test_split="test_600")["split"] == "test"
     ).sum() == 0
@@ -256,7 +262,8 @@ def test_covidx_split_files(tmp_path):
     for split in ("train_1", "val", "test"):
         for path, label in first("Classification", "COVIDx", split, 3).itertuples(index=False):
             folder, fname = path.split("/", 1)
-            lines[folder].append(f"p{len(lines[folder])} {fname} {names[label]} src")
+            # patient ids unique across both files: a shared one would leave paper-mode splits
+            lines[folder].append(f"{folder}{len(lines[folder])} {fname} {names[label]} src")
             write_png(tmp_path / folder / fname)
     lines["train"].append("px extra.png Pneumonia rsna")
     write_png(tmp_path / "train" / "extra.png")

@@ -23,6 +23,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("pretrain", "ecamp.train.pretrain"),
     ("pretrain show", "ecamp.train.pretrain_show"),  # a two-word command: see main()
     ("export", "ecamp.train.export"),
+    ("splits", "ecamp.data.splits_cli"),
     ("finetune", "ecamp.train.finetune"),
     ("evaluate", "ecamp.eval.cli"),
 ]

@@ -265,6 +265,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
     if tp is Any:
         return value
     if tp is bool:

@@ -9,8 +9,10 @@ cls  predictions CSV: ``id`` + one score column per label / class (probabilities
      (metric: accuracy over the arg-max of the score columns, in column order).
      A downstream manifest (``ecamp.data.downstream.save_manifest``) is a valid targets file.
 seg  NPZ files whose keys are image ids: predictions hold (H,W) foreground probabilities,
-     targets (H,W) binary masks of the same size.  Metric: Dice at ``--threshold`` (global
-     and per image).
+     targets (H,W) binary masks of the same size.  Metric: Dice of ``prob > --threshold``,
+     ``--dice per_image`` (default; the release's get_dice: mean over images, an empty truth
+     scores 1 if the prediction is empty too, else 0) or ``--dice global`` (pooled pixels);
+     both are reported.
 det  JSON: predictions ``{"<id>": {"boxes": [[x1,y1,x2,y2], ...], "scores": [...]}}``,
      targets ``{"<id>": [[x1,y1,x2,y2], ...]}`` (or ``{"<id>": {"boxes": [...]}}``), pixels.
      Metric: mAP over IoU 0.40..0.75 (``--protocol mgca`` as MGCA / the release, or ``coco``).
@@ -47,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threshold", type=float, default=0.5, help="seg: probability threshold (default 0.5)"
+    )
+    parser.add_argument(
+        "--dice",
+        choices=["per_image", "global"],
+        default="per_image",
+        help="seg: headline Dice, per_image (the release's, mean over images) or global "
+        "(pooled over all pixels); both are reported (default per_image)",
     )
     parser.add_argument(
         "--protocol",
@@ -119,12 +128,15 @@ def evaluate_cls(pred_path: Path, target_path: Path, metric: str = "auto") -> di
     }
 
 
-def evaluate_seg(pred_path: Path, target_path: Path, threshold: float = 0.5) -> dict:
-    """Dice (global and per image) over the images of the targets file."""
+def evaluate_seg(
+    pred_path: Path, target_path: Path, threshold: float = 0.5, reduction: str = "per_image"
+) -> dict:
+    """Dice over the images of the targets file: ``dice`` is the ``reduction`` one (per_image
+    or global); ``dice_per_image`` and ``dice_global`` are both reported."""
     import numpy as np
 
     from ecamp.errors import DataError
-    from ecamp.eval.metrics import dice_counts, dice_from_counts
+    from ecamp.eval.metrics import DICE_REDUCTIONS, dice_counts, dice_from_counts
 
     try:
         pred, tgt = np.load(pred_path), np.load(target_path)
@@ -138,13 +150,15 @@ def evaluate_seg(pred_path: Path, target_path: Path, threshold: float = 0.5) -> 
         except Exception as e:
             raise DataError(f"image {key!r}: {e}") from e
         inter[i], total[i] = a.sum(), b.sum()
+    both = {f"dice_{r}": dice_from_counts(inter, total, r) for r in DICE_REDUCTIONS}
     return {
         "task": "seg",
         "metric": "dice",
+        "reduction": reduction,
         "n": len(tgt.files),
         "threshold": threshold,
-        "dice": dice_from_counts(inter, total, "global"),
-        "dice_per_image": dice_from_counts(inter, total, "per_image"),
+        "dice": both[f"dice_{reduction}"],
+        **both,
     }
 
 
@@ -201,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     if args.task == "cls":
         result = evaluate_cls(pred_path, target_path, args.metric)
     elif args.task == "seg":
-        result = evaluate_seg(pred_path, target_path, args.threshold)
+        result = evaluate_seg(pred_path, target_path, args.threshold, args.dice)
     else:
         result = evaluate_det(pred_path, target_path, args.protocol)
     text = json.dumps(_json_safe(result), indent=2) + "\n"

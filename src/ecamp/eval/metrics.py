@@ -2,7 +2,8 @@
 
 - :func:`macro_auc` (ChestX-ray14, CheXpert, RSNA classification), :func:`label_aucs` per label;
 - :func:`accuracy` (COVIDx);
-- :func:`dice` (SIIM, RSNA segmentation);
+- :func:`dice` (SIIM, RSNA segmentation): per image as the release scores it (its default), or
+  pooled over all pixels (``reduction="global"``);
 - :func:`detection_map` (RSNA detection; mAP over IoU 0.40..0.75, the MGCA protocol).
 """
 
@@ -19,6 +20,9 @@ from ecamp.utils.logging import get_logger
 log = get_logger(__name__)
 
 MGCA_IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.40 + 0.05 * i, 2) for i in range(8))
+# Dice reductions: per_image is the release's (Fine-tuning/Segmentation/train.py, get_dice),
+# global pools every pixel of every image (what a single large mask dominates)
+DICE_REDUCTIONS: tuple[str, ...] = ("per_image", "global")
 
 
 def label_aucs(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
@@ -74,8 +78,11 @@ def accuracy(y_true: np.ndarray, y_score: np.ndarray) -> float:
 def dice_counts(
     prob: np.ndarray, target: np.ndarray, threshold: float = 0.5
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per image |P and T| and |P| + |T| (two (N,) arrays) for ``prob >= threshold``."""
-    p = np.asarray(prob) >= threshold
+    """Per image |P and T| and |P| + |T| (two (N,) arrays), P = ``prob > threshold``.
+
+    Strictly above the threshold and truth above 0.5, as the release's ``get_dice``.
+    """
+    p = np.asarray(prob) > threshold
     t = np.asarray(target) > 0.5
     if p.shape != t.shape:
         raise UserError(f"prediction {p.shape} and target {t.shape} masks differ in shape")
@@ -86,24 +93,30 @@ def dice_counts(
     return inter, total
 
 
-def dice_from_counts(inter: np.ndarray, total: np.ndarray, reduction: str = "global") -> float:
-    """Dice from :func:`dice_counts` (lets images of different sizes be pooled)."""
+def dice_from_counts(inter: np.ndarray, total: np.ndarray, reduction: str = "per_image") -> float:
+    """Dice from :func:`dice_counts` (lets images of different sizes be pooled).
+
+    ``per_image``: the mean over images of 2|P and T| / (|P| + |T|), an image with an empty
+    truth scoring 1 when its prediction is empty too and 0 otherwise (the release's
+    ``get_dice``); ``global``: 2 sum|P and T| / sum(|P| + |T|) over all images (1.0 when all
+    are empty).
+    """
     if reduction == "global":
         return float(2 * inter.sum() / total.sum()) if total.sum() > 0 else 1.0
     if reduction == "per_image":
         per = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
         return float(per.mean()) if per.size else float("nan")
-    raise UserError(f"dice reduction must be 'global' or 'per_image', not {reduction!r}")
+    raise UserError(f"dice reduction must be one of {DICE_REDUCTIONS}, not {reduction!r}")
 
 
 def dice(
-    prob: np.ndarray, target: np.ndarray, threshold: float = 0.5, reduction: str = "global"
+    prob: np.ndarray, target: np.ndarray, threshold: float = 0.5, reduction: str = "per_image"
 ) -> float:
-    """Dice of ``prob >= threshold`` against binary ``target`` (both (N,H,W)).
+    """Dice of ``prob > threshold`` against binary ``target`` (both (N,H,W)).
 
-    ``global``: 2|P and T| / (|P| + |T|) over all pixels of all images (1.0 when both are empty);
-    ``per_image``: the mean of per-image Dice, an image with empty prediction and empty target
-    counting as 1.
+    ``per_image`` (default, the release's protocol): the mean of per-image Dice; an image with
+    an empty target scores 1 if its prediction is empty, else 0.  ``global``: 2|P and T| /
+    (|P| + |T|) pooled over all pixels of all images (1.0 when both are empty).
     """
     return dice_from_counts(*dice_counts(prob, target, threshold), reduction=reduction)
 

@@ -4,7 +4,8 @@ One stage for the paper's Tables 1-3: an encoder (``--init``: our export, a pre-
 checkpoint, the authors' release, a timm ViT name, or random) gets a task head from
 :mod:`ecamp.models.heads` and trains on the generic loop (AMP, DDP, resume, logs).  The
 validation metric picks ``checkpoints/best.pt`` (macro AUC for multi-label / binary
-classification, accuracy for multi-class, global Dice at 0.5 for segmentation, mAP over IoU
+classification, accuracy for multi-class, Dice at 0.5 for segmentation (per image as the
+release's ``get_dice`` by default, ``seg_dice=global`` pools the pixels), mAP over IoU
 0.40..0.75 with the MGCA protocol for detection); that state is scored on the TEST split and
 written to ``results.json``.
 
@@ -24,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ecamp.config import TrainConfig, apply_overrides, from_dict, read_yaml
 from ecamp.errors import DataError, UserError
@@ -94,6 +95,11 @@ class FinetuneDataConfig:
     manifest: str = ""  # a prepared downstream manifest CSV (columns as ecamp.data.sources.common)
     fraction: float = 100.0  # percent of the training labels (release lists for 1 / 10 / 100)
     sampling: str = "release"  # release (the authors' lists) | random (seeded subset)
+    # paper: leak-free splits (release test lists; train / val hold no test image or patient;
+    # CheXpert val = 5,000 seeded training images); release: the lists byte for byte, leaks
+    # included (ecamp.data.split_modes; `ecamp splits` prints sizes and overlaps)
+    split_mode: Literal["paper", "release"] = "paper"
+    split_seed: int = 0  # CheXpert's validation draw in paper mode
     labels_from: str = "list"  # list (release lists' targets) | official (the dataset's files)
     source_args: dict[str, Any] = field(default_factory=dict)  # extra adapter arguments
     # cls (multi-label): train / score only these labels.  Phantom seg / det: the lesion classes
@@ -130,6 +136,9 @@ class FinetuneConfig:
     eval_batch_size: int = 64
     det_conf_threshold: float = 0.05  # detections kept before scoring
     det_protocol: str = "mgca"  # mgca | coco (see ecamp.eval.metrics.detection_map)
+    # segmentation headline / best-checkpoint Dice: per_image (mean over images, the release's
+    # get_dice) | global (pooled over all pixels); results.json reports both
+    seg_dice: Literal["per_image", "global"] = "per_image"
     output: str = ""
 
 
@@ -293,6 +302,8 @@ def build_manifest(cfg: FinetuneConfig, output_dir: Path) -> tuple[Any, list[str
             sampling=d.sampling,
             seed=cfg.train.seed,
             labels_from=d.labels_from,
+            split_mode=d.split_mode,
+            split_seed=d.split_seed,
         )
     if cfg.task == "cls":
         columns = list(cls.labels) if cls.multilabel else ["label"]
@@ -473,10 +484,8 @@ def evaluate(model: Any, dataset: Any, cfg: FinetuneConfig, data: TaskData) -> d
         return {name: M.accuracy(y_true, y_score)}
     if cfg.task == "seg":
         ii, tt = np.concatenate(inter), np.concatenate(total)
-        return {
-            name: M.dice_from_counts(ii, tt, "global"),
-            "dice_per_image": M.dice_from_counts(ii, tt, "per_image"),
-        }
+        both = {f"dice_{r}": M.dice_from_counts(ii, tt, r) for r in M.DICE_REDUCTIONS}
+        return {name: both[f"dice_{cfg.seg_dice}"], **both}
     targets = [
         np.asarray(parse_boxes(str(s or "[]")), np.float32).reshape(-1, 4)
         for s in dataset.frame["boxes"]
@@ -567,6 +576,7 @@ def finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
             "task": cfg.task,
             "dataset": cfg.data.dataset,
             "metric": metric,
+            **({"dice_reduction": cfg.seg_dice} if cfg.task == "seg" else {}),
             "value": _finite(scored[metric]),
             "split": split,
             "metrics": {k: (_finite(v) if isinstance(v, float) else v) for k, v in scored.items()},
@@ -576,6 +586,7 @@ def finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
             "linear_probe": cfg.model.linear_probe,
             "fraction": cfg.data.fraction,
             "sampling": "random" if cfg.data.dataset == "phantom" else cfg.data.sampling,
+            "split_mode": None if cfg.data.dataset == "phantom" else cfg.data.split_mode,
             "n_train": len(data.datasets["train"]),
             "n_test": len(data.datasets[split]),
             "labels": data.labels,

@@ -259,6 +259,8 @@ class DownstreamSource:
         seed: int = 0,
         labels_from: str = "list",
         test_split: str = "test",
+        split_mode: str = "paper",
+        split_seed: int = 0,
     ) -> pd.DataFrame:
         """The downstream manifest of ``task`` with train / val / test rows.
 
@@ -267,41 +269,58 @@ class DownstreamSource:
         ``seed``.  ``labels_from="list"`` takes targets from the release lists (what the paper
         was scored on), ``"official"`` from the dataset's own label files.  ``test_split``
         names the release list used as test set (CheXpert also has ``test_600``).
+        ``split_mode``: ``paper`` (leak-free: train and val hold no test image or patient,
+        CheXpert's val is 5,000 training images drawn with ``split_seed``, labelled from the
+        dataset's files) or ``release`` (the lists as shipped); see
+        :mod:`ecamp.data.split_modes`.
         """
+        from ecamp.data import split_modes
+
         self._check_task(task)
         if sampling not in ("release", "random"):
             raise UserError(f"sampling must be 'release' or 'random', not {sampling!r}")
         if labels_from not in ("list", "official"):
             raise UserError(f"labels_from must be 'list' or 'official', not {labels_from!r}")
-        table = self.table(task).set_index("id", drop=False)
-        table = table[~table.index.duplicated()]
-        parts = []
-        held_out: set[str] = set()
-        for split, name in (("val", "val"), ("test", test_split)):
-            lst = self._release(task, name)
-            if lst is None:
-                raise UserError(f"{self.name}: no release {name} list for {task}")
-            rows = self._from_list(table, lst, task, labels_from, name)
-            held_out.update(lst["id"])
-            parts.append(rows.assign(split=split))
-        full = self._release(task, "train")
-        if sampling == "release" and fraction in (1, 10):
-            lst = self._release(task, f"train_{int(fraction)}")
-            assert lst is not None
-            train = self._from_list(table, lst, task, labels_from, f"train_{int(fraction)}")
-        elif sampling == "release" and fraction != 100:
+        if sampling == "release" and fraction not in (1, 10, 100):
             raise UserError(
                 f"release splits exist for fraction 1, 10 and 100, not {fraction}; use sampling='random'"
             )
-        else:
-            if full is not None:
-                train = self._from_list(table, full, task, labels_from, "train")
-            else:  # the release's full list is the official training data minus val and test
-                pool = table[table["official_split"] == "train"]
-                train = pool[~pool.index.isin(held_out)].copy()
-            if sampling == "random":
-                train = train.loc[subset(list(train.index), float(fraction), seed)]
-        parts.insert(0, train.assign(split="train"))
+        table = self.table(task).set_index("id", drop=False)
+        table = table[~table.index.duplicated()]
+        official = table.index[table["official_split"] == "train"].tolist()
+        key, _ = split_modes.patient_key(self.name, self.root)
+        plan = split_modes.plan_splits(
+            self.name,
+            task,
+            fraction if sampling == "release" else 100,
+            split_mode,
+            pool=official,
+            patient=key,
+            seed=split_seed,
+            test_split=test_split,
+        )
+
+        def rows_of(list_name: str, ids: list[str]) -> pd.DataFrame:
+            lst = self._release(task, list_name) if list_name else None
+            if lst is None:  # ids drawn from the dataset's own training images
+                return table.loc[[i for i in ids if i in table.index]].copy()
+            wanted = set(ids)
+            return self._from_list(table, lst[lst["id"].isin(wanted)], task, labels_from, list_name)
+
+        if plan.train is None:  # without a pool the plan cannot name the full training set
+            raise UserError(f"{self.name}: no training images found under {self.root}")
+        train_list = (
+            "train" if sampling == "random" or fraction == 100 else f"train_{int(fraction)}"
+        )
+        train = rows_of(train_list, plan.train)
+        if sampling == "random":
+            train = train.loc[subset(list(train.index), float(fraction), seed)]
+        val = rows_of("val", plan.val) if plan.val_from_list else rows_of("", plan.val)
+        parts = [
+            train.assign(split="train"),
+            val.assign(split="val"),
+            rows_of(test_split, plan.test).assign(split="test"),
+        ]
         out = pd.concat(parts, ignore_index=True)
         keep = ["id", "path", "split"] + self.label_columns(task)
         return out[keep].reset_index(drop=True)

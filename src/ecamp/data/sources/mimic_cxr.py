@@ -10,8 +10,9 @@ Inputs (PhysioNet layouts)::
 One manifest row per image (``id`` = dicom_id, ``image`` relative to ``jpg_root``), with
 ``report`` = FINDINGS + IMPRESSION of its study (:func:`ecamp.text.sections.report_text`,
 which falls back to the last reading section when both are missing).  Studies whose report
-file is missing or yields no text are dropped and counted, as are images of other views
-than ``views`` (default PA and AP, as usual for MIMIC-CXR pre-training).
+file is missing or yields no text are dropped and counted.  Every view is kept by default:
+the paper pre-trains on all 377,110 images; ``views`` (e.g. :data:`FRONTAL_VIEWS`, PA and AP,
+with the metadata file) keeps those views only, counting the rest.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ecamp.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-DEFAULT_VIEWS: tuple[str, ...] = ("PA", "AP")
+FRONTAL_VIEWS: tuple[str, ...] = ("PA", "AP")  # the usual frontal-only option
 
 
 def study_dir(subject_id: int | str, study_id: int | str) -> str:
@@ -52,12 +53,12 @@ def build_mimic_manifest(
     reports_root: str | Path,
     split_csv: str | Path,
     metadata_csv: str | Path | None = None,
-    views: Sequence[str] | None = DEFAULT_VIEWS,
+    views: Sequence[str] | None = None,
     check_images: bool = True,
 ) -> pd.DataFrame:
     """Build the pre-training manifest (see module docstring); ``df.attrs["root"]`` = jpg_root.
 
-    ``views=None`` keeps every view; ``check_images`` drops (and counts) rows whose JPEG is
+    ``views=None`` (default) keeps every view, as the paper; ``check_images`` drops (and counts) rows whose JPEG is
     missing.  Extra columns: ``subject_id`` and, with metadata, ``view``.
     """
     jpg_root, reports_root = Path(jpg_root), Path(reports_root)
@@ -149,8 +150,9 @@ def add_arguments(parser: Any) -> None:
     )
     parser.add_argument(
         "--views",
-        default="PA,AP",
-        help="comma-separated ViewPosition values to keep; 'all' keeps every view",
+        default="all",
+        help="comma-separated ViewPosition values to keep, e.g. PA,AP (needs --metadata); "
+        "'all' keeps every view as the paper does (default all)",
     )
     parser.add_argument(
         "--no-check-images", action="store_true", help="do not drop rows whose JPEG is missing"
