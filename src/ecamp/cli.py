@@ -52,12 +52,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` overrides may stand before, between or after options.
+
+    argparse gives a ``nargs="*"`` positional only the words before the first option; a stage
+    whose positional collects overrides names it with ``set_defaults(override_dest=...)``,
+    and the override-looking words argparse left over are appended to it in order.
+    """
+    args, extra = parser.parse_known_args(argv)
+    dest = getattr(args, "override_dest", None)
+    if extra and dest:
+        moved = [x for x in extra if "=" in x and not x.startswith("-")]
+        extra = [x for x in extra if x not in moved]
+        setattr(args, dest, list(getattr(args, dest, None) or []) + moved)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ecamp`` console script."""
     from ecamp.errors import UserError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "func", None):
         if args.command is None:
             parser.print_help()
@@ -68,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError) as e:
         print(f"ecamp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (NotADirectoryError, FileExistsError, IsADirectoryError, PermissionError) as e:
+        # a path problem no stage caught itself: still one line, naming the path
+        print(
+            f"ecamp {args.command}: error: {e.strerror or e}: {e.filename}; "
+            "check the paths given (an output under a regular file, a read-only folder ...)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(

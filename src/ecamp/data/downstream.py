@@ -178,10 +178,14 @@ def save_manifest(manifest: pd.DataFrame, path: str | Path) -> Path:
 
 def load_manifest(path: str | Path) -> pd.DataFrame:
     """Read a downstream manifest written by :func:`save_manifest`."""
-    try:
-        df = pd.read_csv(path, dtype={"id": str, "boxes": str, "rle": str}, keep_default_na=True)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read the downstream manifest ({e})") from e
+    from ecamp.utils.tables import read_csv
+
+    df = read_csv(
+        path,
+        dtype={"id": str, "boxes": str, "rle": str},
+        keep_default_na=True,
+        what="downstream manifest",
+    )
     for col in ("boxes", "rle"):
         if col in df.columns:
             df[col] = df[col].fillna("")
