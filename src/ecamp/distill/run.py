@@ -126,6 +126,8 @@ def _read_table(p: Path, id_column: str | None, text_columns: tuple[str, ...]) -
         raise DataError(
             f"{p}: missing column(s) {missing}; columns are {cols} (see --id-column / --text-columns)"
         )
+    if df.empty:
+        return []
     text = df[list(text_columns)].astype(object).where(df[list(text_columns)].notna(), "")
     joined = text.astype(str).agg(" ".join, axis=1).str.split().str.join(" ")
     ids = df[id_column].astype(str).str.strip()
