@@ -142,7 +142,9 @@ def _hash(obj: Any) -> str:
     from ecamp.utils.secrets import mask_secrets
 
     # a key's value is not part of what a stage computes: changing it re-runs nothing
-    text = json.dumps(mask_secrets(obj), sort_keys=True, default=str, separators=(",", ":"))
+    text = json.dumps(
+        mask_secrets(obj, redact=False), sort_keys=True, default=str, separators=(",", ":")
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -51,18 +51,22 @@ def register_secrets_in(obj: Any) -> None:
             register_secrets_in(v)
 
 
-def mask_secrets(obj: Any) -> Any:
-    """A copy of ``obj`` whose secret-named keys hold ``***`` (when set), at any depth."""
+def mask_secrets(obj: Any, redact: bool = True) -> Any:
+    """A copy of ``obj`` whose secret-named keys hold ``***`` (when set), at any depth.
+
+    ``redact``: also mask registered secret values inside other strings (off for hashing,
+    which must not depend on what this process has seen).
+    """
     if isinstance(obj, dict):
         return {
-            k: (MASK if is_secret_key(k) and v not in (None, "") else mask_secrets(v))
+            k: (MASK if is_secret_key(k) and v not in (None, "") else mask_secrets(v, redact))
             for k, v in obj.items()
         }
     if isinstance(obj, list):
-        return [mask_secrets(v) for v in obj]
+        return [mask_secrets(v, redact) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(mask_secrets(v) for v in obj)
-    if isinstance(obj, str):
+        return tuple(mask_secrets(v, redact) for v in obj)
+    if isinstance(obj, str) and redact:
         return redact_text(obj)
     return obj
 
