@@ -72,5 +72,5 @@ def test_bad_sources_raise_user_errors(tmp_path):
     with pytest.raises(UserError, match="timm model name"):
         resolve_encoder("not_a_model_name_xyz")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="cannot be read: it is a text file"):
         resolve_encoder(str(tmp_path / "junk.pt"))

@@ -167,7 +167,7 @@ def test_read_state_dict_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         read_state_dict(tmp_path / "none.pth")
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="cannot be read: it is a text file"):
         read_state_dict(tmp_path / "bad.pth")
     torch.save({"epoch": 1}, tmp_path / "nostate.pth")
     with pytest.raises(UserError, match="no state dict"):

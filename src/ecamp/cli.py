@@ -71,6 +71,26 @@ def _two_word_command(argv: list[str]) -> argparse.Namespace | None:
     return None
 
 
+def parse_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` overrides may stand before, between or after options.
+
+    argparse gives a ``nargs="*"`` positional only the words before the first option; a stage
+    whose positional collects overrides names it with ``set_defaults(override_dest=...)``,
+    and the override-looking words argparse left over are appended to it in order.
+    """
+    args, extra = parser.parse_known_args(argv)
+    dest = getattr(args, "override_dest", None)
+    if extra and dest:
+        moved = [x for x in extra if "=" in x and not x.startswith("-")]
+        extra = [x for x in extra if x not in moved]
+        setattr(args, dest, list(getattr(args, dest, None) or []) + moved)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ecamp`` console script."""
     from ecamp.errors import UserError
@@ -78,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _two_word_command(argv)
     if args is None:
-        args = build_parser().parse_args(argv)
+        args = parse_args(build_parser(), argv)
     if not getattr(args, "func", None):
         if args.command is None:
             build_parser().print_help()
@@ -89,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError) as e:
         print(f"ecamp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (NotADirectoryError, FileExistsError, IsADirectoryError, PermissionError) as e:
+        # a path problem no stage caught itself: still one line, naming the path
+        print(
+            f"ecamp {args.command}: error: {e.strerror or e}: {e.filename}; "
+            "check the paths given (an output under a regular file, a read-only folder ...)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(

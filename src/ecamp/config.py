@@ -378,7 +378,8 @@ def load_config(
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically)."""
+    """Write the resolved config as YAML (atomically), secrets masked."""
     from ecamp.utils.io import atomic_write_text
+    from ecamp.utils.secrets import mask_secrets
 
-    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(Path(path), yaml.safe_dump(mask_secrets(to_dict(cfg)), sort_keys=False))

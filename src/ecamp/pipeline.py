@@ -139,7 +139,12 @@ class StageOutcome:
 
 
 def _hash(obj: Any) -> str:
-    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    from ecamp.utils.secrets import mask_secrets
+
+    # a key's value is not part of what a stage computes: changing it re-runs nothing
+    text = json.dumps(
+        mask_secrets(obj, redact=False), sort_keys=True, default=str, separators=(",", ":")
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -282,8 +287,11 @@ def _stage_log(folder: Path) -> Iterator[None]:
     """Also copy the ``ecamp`` log into ``<stage folder>/pipeline.log`` while the stage runs."""
     import logging
 
+    from ecamp.utils.secrets import SecretFilter
+
     handler = logging.FileHandler(folder / "pipeline.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(SecretFilter())
     root = logging.getLogger("ecamp")
     root.addHandler(handler)
     try:
@@ -405,12 +413,13 @@ def run_stages(
         except BaseException as e:
             if rank == 0:
                 from ecamp.utils.io import atomic_write_text
+                from ecamp.utils.secrets import redact_text
 
                 atomic_write_text(
                     folder / FAILED,
                     json.dumps(
                         {
-                            "error": f"{type(e).__name__}: {e}",
+                            "error": redact_text(f"{type(e).__name__}: {e}"),
                             "fingerprint": fp,
                             "time": time.time(),
                         }
@@ -445,6 +454,7 @@ def _write_record(
     s: Stage, folder: Path, fp: str, fps: dict[str, str], result: dict[str, Any], seconds: float
 ) -> None:
     from ecamp.utils.io import atomic_write_text
+    from ecamp.utils.secrets import mask_secrets
 
     missing = [o for o in s.outputs if not (folder / o).exists()]
     if missing:
@@ -453,7 +463,7 @@ def _write_record(
         "stage": s.name,
         "fingerprint": fp,
         "inputs": {d: fps[d] for d in s.depends_on},
-        "config": s.config,
+        "config": mask_secrets(s.config),
         "result": result,
         "seconds": round(seconds, 3),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -529,9 +539,11 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def load_pipeline(path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The embedded default (or ``path``) with dotted overrides, top-level sections checked."""
     from ecamp.config import ConfigError, apply_overrides, read_yaml
+    from ecamp.utils.secrets import register_secrets_in
 
     data = read_yaml(path or embedded_pipeline_path())
     apply_overrides(data, list(overrides))
+    register_secrets_in(data)  # masked in every log line from here on
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ConfigError(
@@ -624,14 +636,18 @@ def _distill_run(ctx: StageContext) -> dict[str, Any]:
     backend = make_backend(cfg)
     prompt = load_prompt(cfg.prompt_file) if backend is not None else None
     out = ctx.dir / "distilled.jsonl"
+    ok = False
     try:
         summary = R.distill_corpus(
             reports, cfg, ctx.dir / "cache.jsonl", backend, prompt, progress=False
         )
+        ok = True
     finally:
         if backend is not None:
             backend.close()
-        R.write_output(R.collect(reports, ctx.dir / "cache.jsonl"), out)
+        records = list(R.collect(reports, ctx.dir / "cache.jsonl"))
+        if ok or records:  # a stage that finished nothing leaves no empty output
+            R.write_output(iter(records), out)
     if summary.failures:
         raise UserError(
             f"{summary.failures} report(s) could not be distilled (server unreachable); rerun to retry them"
@@ -643,6 +659,7 @@ def _distill_run(ctx: StageContext) -> dict[str, Any]:
         ctx.dir / f"manifest{suffix}",
         c.get("merge_id_column", "study_id"),
         c.get("column", "distilled"),
+        overwrite=True,  # a new file in the run folder: the data manifest itself is untouched
     )
     rebase_paths(stats["output"], data["image_root"], ctx.run_dir)
     log.info("distilled %d reports (%d cached); merged: %s", summary.reports, summary.cached, stats)
@@ -937,6 +954,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a pipeline YAML (default: the embedded phantom-world pipeline) and dotted overrides of "
         "its sections, e.g. pretrain.train.epochs=2 finetune.runs.detection.enabled=false",
     )
+    parser.set_defaults(override_dest="items")  # overrides may follow options (ecamp.cli)
     parser.add_argument(
         "--config", "-c", metavar="FILE", help="the pipeline YAML (same as the positional file)"
     )

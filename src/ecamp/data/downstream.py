@@ -38,7 +38,7 @@ from ecamp.data.sources.common import DownstreamSource, parse_boxes
 from ecamp.data.sources.covidx import COVIDx
 from ecamp.data.sources.rsna import RSNAPneumonia
 from ecamp.data.sources.siim import SIIMPneumothorax
-from ecamp.errors import DataError, UserError
+from ecamp.errors import UserError
 
 SOURCES: dict[str, type[DownstreamSource]] = {
     "chestxray14": ChestXray14,
@@ -236,10 +236,14 @@ def save_manifest(manifest: pd.DataFrame, path: str | Path) -> Path:
 
 def load_manifest(path: str | Path) -> pd.DataFrame:
     """Read a downstream manifest written by :func:`save_manifest`."""
-    try:
-        df = pd.read_csv(path, dtype={"id": str, "boxes": str, "rle": str}, keep_default_na=True)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read the downstream manifest ({e})") from e
+    from ecamp.utils.tables import read_csv
+
+    df = read_csv(
+        path,
+        dtype={"id": str, "boxes": str, "rle": str},
+        keep_default_na=True,
+        what="downstream manifest",
+    )
     for col in ("boxes", "rle"):
         if col in df.columns:
             df[col] = df[col].fillna("")

@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from ecamp.errors import DataError, UserError
+from ecamp.utils import tables
 from ecamp.utils.io import atomic_write
 from ecamp.utils.logging import get_logger
 
@@ -72,16 +73,15 @@ def read_table(path: str | Path) -> pd.DataFrame:
     kind = _kind(p)
     if not p.is_file():
         raise UserError(f"manifest {p} does not exist")
-    try:
-        if kind == "csv":
-            dtypes = dict.fromkeys(_STR_COLUMNS, str)
-            df = pd.read_csv(p, dtype=dtypes, keep_default_na=False, na_values=[""])
-        elif kind == "jsonl":
-            df = pd.read_json(p, lines=True, dtype=False)
-        else:
-            df = pd.read_parquet(p)
-    except (ValueError, OSError, pd.errors.ParserError) as e:
-        raise DataError(f"manifest {p} cannot be read as {kind}: {e}") from None
+    if kind == "csv":
+        dtypes = dict.fromkeys(_STR_COLUMNS, str)
+        df = tables.read_csv(
+            p, dtype=dtypes, keep_default_na=False, na_values=[""], what="manifest"
+        )
+    elif kind == "jsonl":
+        df = tables.read_jsonl(p, what="manifest")
+    else:
+        df = tables.read_parquet(p, what="manifest")
     df.attrs["source"] = str(p)
     df.attrs["root"] = str(p.resolve().parent)
     return df

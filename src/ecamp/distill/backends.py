@@ -10,6 +10,7 @@ The offline ``rules`` backend needs no such object (see :mod:`ecamp.distill.rule
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -61,6 +62,9 @@ class OpenAIBackend(ChatBackend):
         self.cfg = cfg
         self.max_concurrency = max(1, cfg.concurrency)
         base_url = cfg.resolved_base_url()
+        from ecamp.utils.secrets import register_secret
+
+        register_secret(cfg.resolved_api_key())  # masked in every log line
         self._client = openai.OpenAI(
             base_url=base_url,
             api_key=cfg.resolved_api_key(),
@@ -109,9 +113,7 @@ class OpenAIBackend(ChatBackend):
                 last = type(e).__name__
             except oa.APIStatusError as e:
                 if e.status_code in (401, 403):
-                    raise BackendFatal(
-                        f"the server refused the API key (HTTP {e.status_code}); set ${self.cfg.api_key_env}"
-                    ) from None
+                    raise BackendFatal(_refused_key_message(self.cfg, e.status_code)) from None
                 if e.status_code == 404:
                     raise BackendFatal(
                         f"the server has no model {self._model!r} (HTTP 404); check --model"
@@ -135,6 +137,18 @@ class OpenAIBackend(ChatBackend):
 
     def close(self) -> None:
         self._client.close()
+
+
+def _refused_key_message(cfg: DistillConfig, status: int) -> str:
+    """A 401/403 names where the key came from and what to change there."""
+    where = cfg.api_key_source()
+    if cfg.api_key:
+        fix = f"correct api_key, or remove it to use ${cfg.api_key_env}"
+    elif os.environ.get(cfg.api_key_env):
+        fix = f"set ${cfg.api_key_env} to a valid key (or name another variable with --api-key-env)"
+    else:
+        fix = f"set ${cfg.api_key_env} (or name another variable with --api-key-env)"
+    return f"the server refused the API key (HTTP {status}); the key came from {where}: {fix}"
 
 
 def _retry_after(e) -> float | None:

@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument(
         "--column", default="distilled", help="name of the added text column (default: distilled)"
     )
+    m.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace text the column already holds with the new distilled text (default: keep "
+        "it; rows without new text always keep theirs)",
+    )
     e = sub.add_parser(
         "export-chat", help="teacher prompt/answer pairs as chat JSONL for student fine-tuning"
     )
@@ -241,16 +247,18 @@ def _shard_path(path: Path, i: int, n: int) -> Path:
 
 def _distill(args: argparse.Namespace) -> int:
     from ecamp.distill import run as R
-    from ecamp.distill.backends import make_backend
     from ecamp.distill.prompt import load_prompt
     from ecamp.errors import UserError
     from ecamp.utils.io import atomic_write_text
+    from ecamp.utils.lock import output_lock
     from ecamp.utils.logging import get_logger
+    from ecamp.utils.secrets import register_secret
 
     log = get_logger("distill")
     if not args.input or not args.output:
         raise UserError("give --input REPORTS and --output OUT (or an action: merge, export-chat)")
     cfg = load_distill_config(args)
+    register_secret(cfg.api_key)
     i, n = R.parse_shard(args.shard)
     out = _shard_path(Path(args.output), i, n)
     if out.suffix.lower() not in (".jsonl", ".json", ".csv", ".parquet"):
@@ -265,26 +273,9 @@ def _distill(args: argparse.Namespace) -> int:
     if args.limit is not None:
         reports = reports[: max(0, args.limit)]
     prompt = load_prompt(cfg.prompt_file) if cfg.backend != "rules" else None
-    backend = make_backend(cfg)
-    log.info(
-        "distilling %d reports (shard %d/%d) with %s%s",
-        len(reports),
-        i,
-        n,
-        cfg.backend,
-        f" -> {backend.target}" if backend is not None else "",
-    )
-    try:
-        summary = R.distill_corpus(
-            reports, cfg, cache, backend, prompt, progress=not args.no_progress
-        )
-    finally:
-        if backend is not None:
-            backend.close()
-        # the output always reflects everything finished so far, even after an interruption
-        written = R.write_output(R.collect(reports, cache), out)
-    summary.written = written
-    summary.output = str(out)
+    # one run per output: a second one would redo (on a paid backend: pay for) the same reports
+    with output_lock(out, "ecamp distill"):
+        summary = _distill_locked(reports, cfg, cache, prompt, out, i, n, args.no_progress)
     result = summary.as_dict()
     result["backend"] = cfg.backend
     atomic_write_text(
@@ -301,11 +292,58 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill_locked(
+    reports, cfg, cache: Path, prompt, out: Path, i: int, n: int, no_progress: bool
+):
+    """Distil into ``cache`` and rebuild ``out`` from it (the caller holds the output lock)."""
+    from ecamp.distill import run as R
+    from ecamp.distill.backends import make_backend
+    from ecamp.utils.logging import get_logger
+
+    log = get_logger("distill")
+    backend = make_backend(cfg)
+    log.info(
+        "distilling %d reports (shard %d/%d) with %s%s",
+        len(reports),
+        i,
+        n,
+        cfg.backend,
+        f" -> {backend.target}" if backend is not None else "",
+    )
+    ok = False
+    try:
+        summary = R.distill_corpus(reports, cfg, cache, backend, prompt, progress=not no_progress)
+        ok = True
+    finally:
+        if backend is not None:
+            backend.close()
+        # the output reflects everything finished so far, even after an interruption; a run
+        # that failed before finishing anything leaves no (empty) output behind
+        records = list(R.collect(reports, cache))
+        written = R.write_output(iter(records), out) if ok or records else 0
+    summary.written = written
+    summary.output = str(out)
+    return summary
+
+
 def _merge(args: argparse.Namespace) -> int:
     from ecamp.distill.merge import merge_manifest
 
-    stats = merge_manifest(args.manifest, args.distilled, args.output, args.id_column, args.column)
+    stats = merge_manifest(
+        args.manifest,
+        args.distilled,
+        args.output,
+        args.id_column,
+        args.column,
+        overwrite=args.overwrite,
+    )
     print(json.dumps(stats))
+    if stats["kept_existing"]:
+        print(
+            f"warning: {stats['kept_existing']} row(s) kept the {args.column!r} text they already "
+            "had; pass --overwrite to replace it",
+            file=sys.stderr,
+        )
     if stats["missing"]:
         print(
             f"warning: {stats['missing']} manifest row(s) have no distilled text", file=sys.stderr

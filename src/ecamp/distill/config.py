@@ -45,6 +45,14 @@ class DistillConfig:
         """The key to send ("none" for local servers that need no key)."""
         return self.api_key or os.environ.get(self.api_key_env) or "none"
 
+    def api_key_source(self) -> str:
+        """Where the key sent comes from, for error messages (never the key itself)."""
+        if self.api_key:
+            return "the api_key setting (a config file, --set or a pipeline override)"
+        if os.environ.get(self.api_key_env):
+            return f"the environment variable ${self.api_key_env}"
+        return f"nowhere (neither api_key nor ${self.api_key_env} is set)"
+
     def resolved_model(self) -> str | None:
         return self.model or os.environ.get("ECAMP_LLM_MODEL")
 
@@ -54,11 +62,9 @@ class DistillConfig:
     def public_dict(self) -> dict[str, Any]:
         """The settings with the key redacted (for logs, summaries and the resolved config)."""
         from ecamp.config import to_dict
+        from ecamp.utils.secrets import mask_secrets
 
-        d = to_dict(self)
-        if d.get("api_key"):
-            d["api_key"] = "***"
-        return d
+        return mask_secrets(to_dict(self))
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """What changes an answer: cached results are reused only when these match."""

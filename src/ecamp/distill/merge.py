@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ecamp.errors import DataError, UserError
+from ecamp.utils import tables
 from ecamp.utils.io import atomic_write
 
 
@@ -26,22 +27,19 @@ def normalize_id(value: Any) -> str:
 
 def read_table(path: str | Path):
     """A CSV / TSV / JSONL / Parquet file as a DataFrame (ids kept as text)."""
-    import pandas as pd
-
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p} does not exist")
     suffix = p.suffix.lower()
-    try:
-        if suffix in (".jsonl", ".json"):
-            return pd.read_json(p, lines=suffix == ".jsonl", dtype=False)
-        if suffix == ".parquet":
-            return pd.read_parquet(p)
-        return pd.read_csv(
-            p, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False
-        )
-    except (ValueError, OSError) as e:
-        raise DataError(f"{p}: cannot read the table ({e})") from None
+    if suffix == ".jsonl":
+        return tables.read_jsonl(p)
+    if suffix == ".json":
+        return tables.read_json(p)
+    if suffix == ".parquet":
+        return tables.read_parquet(p)
+    return tables.read_csv(
+        p, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False
+    )
 
 
 def write_table(df, path: str | Path) -> None:
@@ -73,14 +71,26 @@ def read_distilled(paths: list[str | Path]) -> dict[str, str]:
     return out
 
 
+def _blank(values) -> Any:
+    """True where a column value holds no text (missing, NaN or whitespace)."""
+    return values.isna() | (values.astype(str).str.strip() == "")
+
+
 def merge_manifest(
     manifest: str | Path,
     distilled: list[str | Path],
     output: str | Path | None = None,
     id_column: str = "study_id",
     column: str = "distilled",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Add / replace ``column`` in the manifest; returns counts (rows, matched, missing)."""
+    """Fill ``column`` of the manifest from distilled outputs; returns counts.
+
+    Nothing is ever lost: a row without distilled text keeps the value it had, and a row
+    whose ``column`` already holds text keeps it unless ``overwrite`` (then new, non-empty
+    text replaces it).  When no manifest id matches a distilled id, nothing is written and
+    a DataError says so (a wrong ``id_column`` or the wrong files, not an empty result).
+    """
     df = read_table(manifest)
     if id_column not in df.columns:
         raise DataError(
@@ -88,18 +98,36 @@ def merge_manifest(
         )
     texts = read_distilled(list(distilled))
     ids = df[id_column].map(normalize_id)
-    df[column] = ids.map(texts).fillna("")
-    matched = int(ids.isin(texts.keys()).sum())
+    found = ids.isin(texts.keys())
+    matched = int(found.sum())
+    if len(df) and not matched:
+        raise DataError(
+            f"{manifest}: none of its {len(df)} {id_column!r} values (e.g. "
+            f"{ids.iloc[0]!r}) matches an id of the {len(texts)} distilled report(s) in "
+            f"{', '.join(map(str, distilled))} (e.g. {next(iter(texts), None)!r}); nothing "
+            "written. Check --id-column and that the files belong together."
+        )
+    new = ids.map(texts).fillna("").astype(str)
+    if column in df.columns:
+        old = df[column]
+        has_old, has_new = ~_blank(old), new.str.strip() != ""
+        replace = has_new & (~has_old | overwrite)
+        kept = int((has_old & has_new & ~replace & (old.astype(str) != new)).sum())
+        df[column] = old.where(~replace, new).where(has_old | replace, "")
+    else:
+        kept = 0
+        df[column] = new
     out = Path(output) if output else Path(manifest)
     write_table(df, out)
-    stats = {
+    stats: dict[str, Any] = {
         "rows": len(df),
         "matched": matched,
         "missing": len(df) - matched,
         "studies_distilled": len(texts),
+        "kept_existing": kept,
         "output": str(out),
     }
-    missing_ids = ids[~ids.isin(texts.keys())].unique()[:5].tolist()
+    missing_ids = ids[~found].unique()[:5].tolist()
     if missing_ids:
         stats["missing_examples"] = missing_ids
     return stats

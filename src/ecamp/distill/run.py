@@ -97,20 +97,23 @@ def _read_mimic_folder(folder: Path) -> list[Report]:
 
 
 def _read_table(p: Path, id_column: str | None, text_columns: tuple[str, ...]) -> list[Report]:
-    import pandas as pd
+    from ecamp.utils import tables
 
     suffix = "".join(p.suffixes[-2:]).lower()
-    try:
-        if suffix.endswith((".jsonl", ".json", ".jsonl.gz")):
-            df = pd.read_json(p, lines=suffix.endswith((".jsonl", ".jsonl.gz")), dtype=False)
-        elif suffix.endswith(".parquet"):
-            df = pd.read_parquet(p)
-        else:
-            df = pd.read_csv(
-                p, sep="\t" if suffix.endswith(".tsv") else ",", dtype=str, keep_default_na=False
-            )
-    except (ValueError, OSError, pd.errors.ParserError) as e:
-        raise DataError(f"{p}: cannot read the table ({e})") from None
+    if suffix.endswith((".jsonl", ".jsonl.gz")):
+        df = tables.read_jsonl(p, what="reports")
+    elif suffix.endswith(".json"):
+        df = tables.read_json(p, what="reports")
+    elif suffix.endswith(".parquet"):
+        df = tables.read_parquet(p, what="reports")
+    else:
+        df = tables.read_csv(
+            p,
+            sep="\t" if suffix.endswith((".tsv", ".tsv.gz")) else ",",
+            dtype=str,
+            keep_default_na=False,
+            what="reports",
+        )
     cols = list(df.columns)
     if id_column is None:
         id_column = next((c for c in ("study_id", "id", "uid") if c in cols), None)
@@ -123,6 +126,8 @@ def _read_table(p: Path, id_column: str | None, text_columns: tuple[str, ...]) -
         raise DataError(
             f"{p}: missing column(s) {missing}; columns are {cols} (see --id-column / --text-columns)"
         )
+    if df.empty:
+        return []
     text = df[list(text_columns)].astype(object).where(df[list(text_columns)].notna(), "")
     joined = text.astype(str).agg(" ".join, axis=1).str.split().str.join(" ")
     ids = df[id_column].astype(str).str.strip()

@@ -68,16 +68,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_csv(path: Path):
-    import pandas as pd
-
     from ecamp.errors import DataError
+    from ecamp.utils.tables import read_csv
 
-    try:
-        df = pd.read_csv(path, dtype={"id": str})
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read as CSV ({e})") from e
+    df = read_csv(path, dtype={"id": str}, what="predictions/targets")
     if "id" not in df.columns:
         raise DataError(f"{path}: needs an 'id' column; found {list(df.columns)}")
+    blank = df["id"].isna() | (df["id"].astype(str).str.strip() == "")
+    if blank.any():
+        raise DataError(f"{path}: row {int(blank.to_numpy().argmax()) + 1} has no id")
     if df["id"].duplicated().any():
         raise DataError(f"{path}: id {df['id'][df['id'].duplicated()].iloc[0]!r} appears twice")
     return df.set_index("id")
@@ -93,9 +92,51 @@ def _missing(targets, predictions, pred_path: Path) -> None:
         )
 
 
+def _cell_error(path: Path, df, bad, cols: list[str], problem: str):
+    """A DataError naming the first bad cell of ``bad`` (a boolean (N,K) array) by row and id."""
+    import numpy as np
+
+    from ecamp.errors import DataError
+
+    r, c = (int(x[0]) for x in np.nonzero(bad))
+    value = df[cols[c]].iloc[r]
+    value = value.item() if isinstance(value, np.generic) else value
+    return DataError(
+        f"{path}: row of id {df.index[r]!r}, column {cols[c]!r}: {value!r} {problem} "
+        f"({int(bad.sum())} such cell(s)); fix the file"
+    )
+
+
+def _scores(path: Path, df, cols: list[str]):
+    """The (N,K) float scores of ``cols``: every cell a finite number."""
+    import numpy as np
+    import pandas as pd
+
+    values = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise _cell_error(path, df, bad, cols, "is not a finite score (NaN, inf or text)")
+    return values
+
+
+def _score_columns(df) -> list[str]:
+    """Numeric columns, and text columns that mostly hold numbers (a few cells broken)."""
+    import pandas as pd
+
+    out = []
+    for c in df.columns:
+        col = df[c]
+        numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+        mostly = col.dtype == object and pd.to_numeric(col, errors="coerce").notna().mean() >= 0.5
+        if numeric or mostly:
+            out.append(c)
+    return out
+
+
 def evaluate_cls(pred_path: Path, target_path: Path, metric: str = "auto") -> dict:
     """Macro AUC (multi-label targets) or accuracy (a ``label`` class-index column)."""
     import numpy as np
+    import pandas as pd
 
     from ecamp.errors import DataError
     from ecamp.eval.metrics import accuracy, label_aucs, macro_auc
@@ -106,17 +147,42 @@ def evaluate_cls(pred_path: Path, target_path: Path, metric: str = "auto") -> di
     if metric == "auto":
         metric = "accuracy" if "label" in tgt.columns and "label" not in pred.columns else "auc"
     if metric == "accuracy":
-        scores = pred.select_dtypes("number").to_numpy(dtype=float)
+        if "label" not in tgt.columns:
+            raise DataError(f"{target_path}: accuracy needs a 'label' column (the class index)")
+        cols = [c for c in _score_columns(pred) if c != "label"]
+        if not cols:
+            raise DataError(f"{pred_path}: no score column (one per class) besides 'id'")
+        scores = _scores(pred_path, pred, cols)
+        labels = pd.to_numeric(tgt["label"], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~(np.isfinite(labels) & (labels == np.round(labels)))
+        bad |= ~bad & ((labels < 0) | (labels >= len(cols)))
+        if bad.any():
+            raise _cell_error(
+                target_path,
+                tgt,
+                bad[:, None],
+                ["label"],
+                f"is not a class index 0..{len(cols) - 1} (one per score column of {pred_path})",
+            )
         return {
             "task": "cls",
             "metric": "accuracy",
             "n": len(tgt),
-            "accuracy": accuracy(tgt["label"].to_numpy(), scores),
+            "accuracy": accuracy(labels.astype(np.int64), scores),
         }
     cols = [c for c in pred.columns if c in tgt.columns]
     if not cols:
         raise DataError(f"{pred_path} and {target_path} share no label column")
-    y_true, y_score = tgt[cols].to_numpy(dtype=float), pred[cols].to_numpy(dtype=float)
+    raw = tgt[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    blank = (
+        tgt[cols].isna().to_numpy()
+        | (tgt[cols].astype(str).apply(lambda c: c.str.strip()) == "").to_numpy()
+    )
+    bad = ~blank & ~np.isin(raw, (0.0, 1.0))
+    if bad.any():
+        raise _cell_error(target_path, tgt, bad, cols, "is not a label 1, 0 or blank (ignored)")
+    y_true = np.where(blank, np.nan, raw)
+    y_score = _scores(pred_path, pred, cols)
     per = label_aucs(y_true, y_score)
     return {
         "task": "cls",
@@ -128,6 +194,47 @@ def evaluate_cls(pred_path: Path, target_path: Path, metric: str = "auto") -> di
     }
 
 
+def _load_npz(path: Path):
+    import numpy as np
+
+    from ecamp.errors import DataError
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:  # not a zip, truncated, a pickle: numpy raises many types
+        raise DataError(
+            f"{path}: cannot read as NPZ ({type(e).__name__}: {e}); write it with numpy.savez"
+        ) from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: a single .npy array, not an NPZ archive keyed by image id")
+    return data
+
+
+def _mask(data, path: Path, key: str, what: str):
+    """Image ``key`` of an NPZ as a real-valued (H,W) array with finite values."""
+    import numpy as np
+
+    from ecamp.errors import DataError
+
+    try:
+        arr = np.asarray(data[key])
+    except Exception as e:  # a damaged member, an object array (pickles are refused)
+        raise DataError(f"{path}: image {key!r} cannot be read ({type(e).__name__}: {e})") from None
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{path}: image {key!r} holds {arr.dtype} values, not numbers")
+    if arr.ndim not in (2, 3):
+        raise DataError(f"{path}: image {key!r} has shape {arr.shape}; {what} must be (H, W)")
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            pos = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise DataError(
+                f"{path}: image {key!r}: {int(bad.sum())} pixel(s) are NaN or inf (first at "
+                f"{pos}); {what} must be finite (check the model's output)"
+            )
+    return arr
+
+
 def evaluate_seg(
     pred_path: Path, target_path: Path, threshold: float = 0.5, reduction: str = "per_image"
 ) -> dict:
@@ -135,31 +242,101 @@ def evaluate_seg(
     or global); ``dice_per_image`` and ``dice_global`` are both reported."""
     import numpy as np
 
-    from ecamp.errors import DataError
+    from ecamp.errors import DataError, UserError
     from ecamp.eval.metrics import DICE_REDUCTIONS, dice_counts, dice_from_counts
 
-    try:
-        pred, tgt = np.load(pred_path), np.load(target_path)
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read NPZ ({e})") from e
-    _missing(list(tgt.files), set(pred.files), pred_path)
-    inter, total = np.zeros(len(tgt.files)), np.zeros(len(tgt.files))
-    for i, key in enumerate(tgt.files):  # one image at a time: sizes may differ
-        try:
-            a, b = dice_counts(pred[key], tgt[key], threshold)
-        except Exception as e:
-            raise DataError(f"image {key!r}: {e}") from e
-        inter[i], total[i] = a.sum(), b.sum()
+    with _load_npz(pred_path) as pred, _load_npz(target_path) as tgt:
+        _missing(list(tgt.files), set(pred.files), pred_path)
+        inter, total = np.zeros(len(tgt.files)), np.zeros(len(tgt.files))
+        for i, key in enumerate(tgt.files):  # one image at a time: sizes may differ
+            p = _mask(pred, pred_path, key, "probabilities")
+            t = _mask(tgt, target_path, key, "masks")
+            try:
+                a, b = dice_counts(p, t, threshold)
+            except UserError as e:
+                raise DataError(f"image {key!r}: {e}") from None
+            inter[i], total[i] = a.sum(), b.sum()
+        n = len(tgt.files)
     both = {f"dice_{r}": dice_from_counts(inter, total, r) for r in DICE_REDUCTIONS}
     return {
         "task": "seg",
         "metric": "dice",
         "reduction": reduction,
-        "n": len(tgt.files),
+        "n": n,
         "threshold": threshold,
         "dice": both[f"dice_{reduction}"],
         **both,
     }
+
+
+def _read_json(path: Path):
+    from ecamp.errors import DataError
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})"
+        ) from None
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"{path}: not valid JSON ({type(e).__name__})") from None
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _boxes(value, path: Path, key: str, what: str):
+    """``[[x1, y1, x2, y2], ...]`` as an (M,4) float32 array; a bad box is named."""
+    import math
+
+    import numpy as np
+
+    from ecamp.errors import DataError
+
+    where = f"{path}: image {key!r}"
+    if not isinstance(value, list):
+        raise DataError(
+            f"{where}: {what} must be a list of [x1, y1, x2, y2] boxes, got {value!r}"[:400]
+        )
+    for j, b in enumerate(value):
+        if not (isinstance(b, list) and len(b) == 4 and all(_is_number(v) for v in b)):
+            raise DataError(
+                f"{where}: {what} box {j} {b!r} is not [x1, y1, x2, y2] (four numbers)"[:400]
+            )
+        x1, y1, x2, y2 = (float(v) for v in b)
+        if not all(math.isfinite(v) and abs(v) < 1e30 for v in (x1, y1, x2, y2)):
+            raise DataError(f"{where}: {what} box {j} {b!r} has a non-finite coordinate")
+        if x2 < x1 or y2 < y1:
+            raise DataError(
+                f"{where}: {what} box {j} {b!r} has x2 < x1 or y2 < y1; boxes are "
+                "[x1, y1, x2, y2] corners (convert [x, y, w, h] boxes first)"
+            )
+    return np.asarray(value, dtype=np.float32).reshape(-1, 4)
+
+
+def _det_scores(value, n_boxes: int, path: Path, key: str):
+    import math
+
+    import numpy as np
+
+    from ecamp.errors import DataError
+
+    where = f"{path}: image {key!r}"
+    if not isinstance(value, list) or not all(_is_number(v) for v in value):
+        raise DataError(f"{where}: scores must be a list of numbers, got {value!r}"[:400])
+    bad = [j for j, v in enumerate(value) if not math.isfinite(float(v))]
+    if bad:
+        raise DataError(f"{where}: score {bad[0]} is {value[bad[0]]!r}, not a finite number")
+    if len(value) != n_boxes:
+        raise DataError(f"{where}: {n_boxes} boxes but {len(value)} scores; give one per box")
+    return np.asarray(value, dtype=np.float32)
 
 
 def evaluate_det(pred_path: Path, target_path: Path, protocol: str = "mgca") -> dict:
@@ -167,22 +344,24 @@ def evaluate_det(pred_path: Path, target_path: Path, protocol: str = "mgca") -> 
     from ecamp.errors import DataError
     from ecamp.eval.metrics import MGCA_IOU_THRESHOLDS, detection_map
 
-    try:
-        pred = json.loads(pred_path.read_text())
-        tgt = json.loads(target_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot read detection JSON ({e})") from e
-    if not isinstance(pred, dict) or not isinstance(tgt, dict):
-        raise DataError("detection files must be JSON objects keyed by image id")
+    pred, tgt = _read_json(pred_path), _read_json(target_path)
+    for obj, p in ((pred, pred_path), (tgt, target_path)):
+        if not isinstance(obj, dict):
+            raise DataError(f"{p}: detection files must be JSON objects keyed by image id")
     _missing(list(tgt), set(pred), pred_path)
     preds, gts = [], []
     for key, t in tgt.items():
         p = pred[key]
         if not isinstance(p, dict) or "boxes" not in p or "scores" not in p:
             raise DataError(f"{pred_path}: entry {key!r} needs 'boxes' and 'scores'")
-        preds.append((p["boxes"], p["scores"]))
-        gts.append(t["boxes"] if isinstance(t, dict) else t)
-    value = detection_map(preds, gts, protocol=protocol)
+        boxes = _boxes(p["boxes"], pred_path, key, "predicted")
+        preds.append((boxes, _det_scores(p["scores"], len(boxes), pred_path, key)))
+        if isinstance(t, dict):
+            if "boxes" not in t:
+                raise DataError(f"{target_path}: entry {key!r} needs 'boxes'")
+            t = t["boxes"]
+        gts.append(_boxes(t, target_path, key, "target"))
+    value = detection_map(preds, gts, protocol=protocol, ids=list(tgt))
     return {
         "task": "det",
         "metric": "map",

@@ -122,11 +122,24 @@ def dice(
 
 
 def _as_boxes(a: np.ndarray | Sequence, name: str) -> np.ndarray:
-    arr = np.asarray(a, dtype=np.float32)
+    try:
+        arr = np.asarray(a, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise UserError(
+            f"{name}: boxes must be (M,4) x1,y1,x2,y2 numbers, got {a!r}"[:300]
+        ) from None
     if arr.size == 0:
         return np.zeros((0, 4), np.float32)
     if arr.ndim != 2 or arr.shape[1] != 4:
         raise UserError(f"{name}: boxes must be (M,4) x1,y1,x2,y2, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise UserError(f"{name}: a box has a NaN or infinite coordinate")
+    inverted = (arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1])
+    if inverted.any():
+        j = int(np.argmax(inverted))
+        raise UserError(
+            f"{name}: box {j} {arr[j].tolist()} has x2 < x1 or y2 < y1; boxes are x1,y1,x2,y2"
+        )
     return arr
 
 
@@ -150,6 +163,7 @@ def detection_map(
     protocol: str = "mgca",
     conf_threshold: float = 0.5,
     nms_iou: float = 0.5,
+    ids: Sequence[str] | None = None,
 ) -> float:
     """Single-class COCO-style AP averaged over ``iou_thresholds``.
 
@@ -161,7 +175,7 @@ def detection_map(
     ``conf_threshold`` are dropped and NMS at ``nms_iou`` applied, then images without any
     ground-truth box and images with no detection left are left out.
     ``protocol="coco"`` keeps every image and every detection as given.
-    Returns NaN when no image is left to score.
+    Returns NaN when no image is left to score.  ``ids`` name the images in error messages.
     """
     import torch
     from torchmetrics.detection import MeanAveragePrecision
@@ -172,11 +186,17 @@ def detection_map(
         raise UserError(f"protocol must be 'mgca' or 'coco', not {protocol!r}")
     preds, gts = [], []
     for i, ((pb, ps), tb) in enumerate(zip(predictions, targets)):
-        pb = _as_boxes(pb, f"image {i} predictions")
-        ps = np.asarray(ps, dtype=np.float32).reshape(-1)
-        tb = _as_boxes(tb, f"image {i} targets")
+        image = f"image {ids[i]!r}" if ids is not None else f"image {i}"
+        pb = _as_boxes(pb, f"{image} predictions")
+        try:
+            ps = np.asarray(ps, dtype=np.float32).reshape(-1)
+        except (ValueError, TypeError):
+            raise UserError(f"{image}: scores must be numbers, got {ps!r}"[:300]) from None
+        tb = _as_boxes(tb, f"{image} targets")
         if len(ps) != len(pb):
-            raise UserError(f"image {i}: {len(pb)} boxes but {len(ps)} scores")
+            raise UserError(f"{image}: {len(pb)} boxes but {len(ps)} scores")
+        if not np.isfinite(ps).all():
+            raise UserError(f"{image}: a score is NaN or infinite")
         if protocol == "mgca":
             pb, ps = filter_detections(pb, ps, conf_threshold, nms_iou)
             if len(tb) == 0 or len(pb) == 0:

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,28 +45,24 @@ def read_state_dict(path: str | Path, trusted: bool = False) -> dict[str, torch.
 
     Torch files are unpickled safely (``weights_only``), allowing the ``argparse.Namespace``
     that MAE-style training scripts (the release's included) store beside the weights;
-    ``trusted=True`` unpickles anything, for files from a source you trust.
+    ``trusted=True`` (Python callers only) unpickles anything, for files from a source you
+    trust.  A damaged or foreign file is a UserError saying what it is and what to do.
     """
+    from ecamp.utils.safeload import safetensors_load, torch_load
+
     p = Path(path)
     if not p.is_file():
         raise UserError(f"checkpoint {p} does not exist")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(p))
-        elif trusted:
+    obj: Any
+    if p.suffix == ".safetensors":
+        obj = safetensors_load(p)
+    elif trusted:
+        try:
             obj = torch.load(p, map_location="cpu", weights_only=False)
-        else:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt / truncated / foreign pickle
-        hint = (
-            ""
-            if trusted
-            else " (if the file is from a source you trust, load it with trusted=True)"
-        )
-        raise UserError(f"cannot read checkpoint {p}: {e}{hint}") from None
+        except Exception as e:  # corrupt / truncated
+            raise UserError(f"cannot read checkpoint {p} ({type(e).__name__}: {e})") from None
+    else:
+        obj = torch_load(p)
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
             if key in obj and isinstance(obj[key], dict):

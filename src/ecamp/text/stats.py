@@ -134,18 +134,18 @@ def descriptor_stats(reports: Iterable[str], max_words: int = 3) -> DescriptorSt
 
 def read_corpus(path: str | Path, column: str) -> list[str]:
     """Texts of ``column`` in a CSV or JSONL file; ``a,b`` joins several columns."""
-    import pandas as pd
 
     p = Path(path)
     if not p.is_file():
         raise UserError(f"corpus {p} not found")
-    try:
-        if p.suffix.lower() in (".jsonl", ".json"):
-            df = pd.read_json(p, lines=p.suffix.lower() == ".jsonl", dtype=False)
-        else:
-            df = pd.read_csv(p, dtype=str, keep_default_na=False)
-    except Exception as e:  # pandas raises many parser error types
-        raise DataError(f"cannot read corpus {p}: {e}") from e
+    from ecamp.utils import tables
+
+    if p.suffix.lower() == ".jsonl":
+        df = tables.read_jsonl(p, what="corpus")
+    elif p.suffix.lower() == ".json":
+        df = tables.read_json(p, what="corpus")
+    else:
+        df = tables.read_csv(p, dtype=str, keep_default_na=False, what="corpus")
     cols = [c.strip() for c in column.split(",") if c.strip()]
     missing = [c for c in cols if c not in df.columns]
     if missing:

@@ -12,6 +12,7 @@ Every file holds only tensors and plain Python values, so it loads with
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 from pathlib import Path
@@ -38,15 +39,12 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint onto the CPU, with a clear error for a missing or broken file."""
+    from ecamp.utils.safeload import torch_load
+
     p = Path(path)
     if not p.is_file():
         raise UserError(f"checkpoint {p} does not exist")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(
-            f"checkpoint {p} cannot be read ({type(e).__name__}: {e}); delete it or pick another"
-        ) from None
+    state = torch_load(p)
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{p} is not an ecamp training checkpoint (no 'model' entry)")
     return state
@@ -95,6 +93,48 @@ class CheckpointDir:
             )
         files = self.step_files()
         return files[-1] if files else None
+
+    def load_readable(
+        self, first: Path | None = None
+    ) -> tuple[Path, dict[str, Any], list[Path]] | None:
+        """Load ``first`` (what ``latest`` names), else the newest step file that loads.
+
+        Returns (path, state, the unreadable files passed over), or None when there is no
+        step file at all.  A truncated newest file (a full disk, a copy cut short) thus
+        costs the steps since the previous checkpoint, not the run; each file passed over
+        is named in a warning.
+        """
+        files = self.step_files()
+        candidates = ([first] if first is not None else []) + [
+            p for p in reversed(files) if p != first
+        ]
+        broken: list[Path] = []
+        for p in candidates:
+            try:
+                state = load_checkpoint(p)
+            except UserError as e:
+                log.warning("%s", e)
+                broken.append(p)
+                continue
+            if broken:
+                log.warning(
+                    "checkpoint %s is unreadable; resuming from %s, the newest readable one",
+                    ", ".join(str(b) for b in broken),
+                    p,
+                )
+            return p, state, broken
+        if broken:
+            raise UserError(
+                f"no readable checkpoint in {self.root}: {', '.join(b.name for b in broken)} "
+                "are all damaged; delete them to start afresh, or restore a copy"
+            )
+        return None
+
+    def set_aside(self, broken: list[Path]) -> None:
+        """Rename unreadable step files to ``*.broken``: never resumed from nor kept over good ones."""
+        for p in broken:
+            with contextlib.suppress(FileNotFoundError):  # another process was first
+                p.rename(p.with_name(p.name + ".broken"))
 
     def _prune(self) -> None:
         if self.keep_last <= 0:

@@ -140,7 +140,6 @@ def _checkpoint_heads(state: dict[str, Any], dim: int) -> int | None:
 
 
 def _from_file(path: Path, img_size: int | None, drop_path: float) -> ResolvedEncoder:
-    import torch
 
     from ecamp.errors import UserError
     from ecamp.models.checkpoints import ENCODER_CONFIG, load_release_encoder, read_state_dict
@@ -151,10 +150,9 @@ def _from_file(path: Path, img_size: int | None, drop_path: float) -> ResolvedEn
         vit = _load_into_new(sd, dict(meta["timm_kwargs"]), img_size, drop_path)
         return ResolvedEncoder(vit, "exported", str(path), {"meta": meta})
     if path.suffix != ".safetensors":
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise UserError(f"cannot read checkpoint {path}: {e}") from None
+        from ecamp.utils.safeload import torch_load
+
+        state = torch_load(path, "encoder checkpoint")
     else:
         state = {}
     if isinstance(state, dict) and isinstance(state.get("model"), dict) and "format" in state:

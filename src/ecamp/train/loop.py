@@ -51,6 +51,7 @@ from ecamp.train.schedule import WarmupCosine, schedule_horizon
 from ecamp.utils.allocator import keep_freed_memory
 from ecamp.utils.io import atomic_write_text
 from ecamp.utils.logging import get_logger
+from ecamp.utils.secrets import mask_secrets
 
 log = get_logger(__name__)
 
@@ -455,7 +456,17 @@ class Trainer:
                     p.unlink(missing_ok=True)
             du.barrier()
             return None
-        state = load_checkpoint(path)
+        value = (self.cfg.resume or "").strip()
+        if value != "auto" and Path(value).is_file():
+            state = load_checkpoint(path)  # the file named: no silent substitute
+        else:
+            folder = CheckpointDir(path.parent, self.cfg.keep_last)
+            found = folder.load_readable(path)
+            assert found is not None  # path itself is a step file of that folder
+            path, state, broken = found
+            du.barrier()  # every rank has loaded before a damaged file is moved away
+            if broken and self.dist.is_main:
+                folder.set_aside(broken)
         if state.get("format") != CKPT_FORMAT:
             raise UserError(
                 f"{path} is not a training checkpoint of this version (format {state.get('format')!r})"
@@ -545,7 +556,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "dataset_len": self.sampler.n,
             "rng": rngs,
-            "config": self.config,
+            "config": mask_secrets(self.config),
             "train_config": to_dict(self.cfg),
             "fingerprint": self.fingerprint,
             "best": {"metric": self.best_metric, "value": self.best_value},
@@ -599,7 +610,8 @@ class Trainer:
         if self.config is None or not self.dist.is_main:
             return
         atomic_write_text(
-            self.output_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False)
+            self.output_dir / "config.yaml",
+            yaml.safe_dump(mask_secrets(self.config), sort_keys=False),
         )
 
     def fit(self) -> dict[str, Any]:
@@ -608,8 +620,9 @@ class Trainer:
         main = self.dist.is_main
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._save_config()
         resumed = self._resume()
+        # only now: a run refused (another model's checkpoints) leaves the run's config as it was
+        self._save_config()
         tb = (
             open_tensorboard(self.output_dir / "tensorboard", resumed)
             if (main and cfg.tensorboard)

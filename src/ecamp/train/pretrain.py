@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--export-only",
         action="store_true",
-        help="skip training: export the encoder of the latest checkpoint in --output",
+        help="skip training: export the encoder of the latest readable checkpoint in --output "
+        "RUN, built from RUN/config.yaml (nothing else in RUN changes)",
     )
 
 
@@ -267,10 +268,68 @@ def pretrain(cfg: PretrainConfig, output_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
+def export_only(run_dir: str | Path) -> dict[str, Any]:
+    """Export the encoder of the newest readable checkpoint of a pre-training run folder.
+
+    The model is built from the run's own ``config.yaml`` (the one it trained with); no data
+    is read or generated and the config is not rewritten.
+    """
+    from ecamp.config import to_dict
+    from ecamp.models.checkpoints import export_encoder
+    from ecamp.models.ecamp import ECAMPModel
+    from ecamp.train.checkpoint import CheckpointDir, check_compatible, model_fingerprint
+
+    out = Path(run_dir)
+    cfg_path = out / "config.yaml"
+    if not cfg_path.is_file():
+        raise UserError(
+            f"--export-only: {cfg_path} does not exist; --output must be the folder of an "
+            "`ecamp pretrain` run (it holds config.yaml and checkpoints/)"
+        )
+    cfg = from_dict(PretrainConfig, read_yaml(cfg_path))
+    ckpts = CheckpointDir(out / "checkpoints")
+    found = ckpts.load_readable(ckpts.latest())
+    if found is None:
+        raise UserError(
+            f"--export-only: no checkpoint in {ckpts.root} (step_*.pt); train first, "
+            f"e.g. ecamp pretrain --output {out}"
+        )
+    path, state, _ = found
+    model = ECAMPModel(cfg.model)
+    check_compatible(state, path, to_dict(cfg), model_fingerprint(model))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {path} does not fit the model of {cfg_path}: {e}") from None
+    extra = {"source": "ecamp pretrain --export-only", "checkpoint": str(path)}
+    enc = export_encoder(model, out / "encoder", extra={**extra, "step": state.get("step")})
+    log.info("exported the encoder of %s (step %s) to %s", path, state.get("step"), enc)
+    return {"encoder": str(enc), "checkpoint": str(path), "step": state.get("step")}
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `ecamp pretrain`."""
     from ecamp.utils.logging import setup_logging
 
+    if args.export_only:
+        given = [
+            name
+            for name, v in (
+                ("--config", args.config),
+                ("--preset", args.preset),
+                ("--init", args.init),
+                ("overrides", args.overrides),
+            )
+            if v
+        ]
+        if not args.output or given:
+            raise UserError(
+                "--export-only takes only --output RUN: the model comes from RUN/config.yaml"
+                + (f" (drop {', '.join(given)})" if given else "")
+            )
+        setup_logging()
+        print(json.dumps(export_only(args.output)))
+        return 0
     rank = int(os.environ.get("RANK", "0"))
     cfg = resolve_config(args)
     out = Path(args.output or cfg.output or _default_output())

@@ -22,5 +22,7 @@ def add_config_args(parser: argparse.ArgumentParser, default_output: str | None 
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="dotted config overrides, applied after --config, e.g. train.lr=3e-4 model.preset=tiny",
+        help="dotted config overrides, applied after --config, e.g. train.lr=3e-4 model.preset=tiny "
+        "(may stand before, between or after the options)",
     )
+    parser.set_defaults(override_dest="overrides")  # see ecamp.cli.parse_args

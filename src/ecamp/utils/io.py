@@ -7,6 +7,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ecamp.errors import UserError
+
 
 def _read_umask() -> int:
     # os.umask can only be read by setting it; done once, at import, before any threads
@@ -18,6 +20,26 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def ensure_dir(folder: str | Path) -> Path:
+    """Create ``folder`` (and its parents), or say which part of the path is in the way."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next(
+            (p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()), folder
+        )
+        raise UserError(
+            f"cannot create the folder {folder}: {blocker} is a file, not a folder; "
+            "choose another output path or move that file"
+        ) from None
+    except PermissionError:
+        raise UserError(
+            f"cannot create the folder {folder}: permission denied; choose another output path"
+        ) from None
+    return folder
+
+
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
 
@@ -25,7 +47,9 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     POSIX file systems; on failure it is removed and ``path`` is left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder; give a file name")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

@@ -13,6 +13,8 @@ def setup_logging(
     output_dir: str | Path | None = None, level: int = logging.INFO, rank: int = 0
 ) -> None:
     """Log to stderr (rank 0 only) and, when given, to ``output_dir/log.txt``."""
+    from ecamp.utils.secrets import SecretFilter
+
     root = logging.getLogger("ecamp")
     root.setLevel(level)
     for h in list(root.handlers):
@@ -21,11 +23,15 @@ def setup_logging(
     if rank == 0:
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        console.addFilter(SecretFilter())
         root.addHandler(console)
         if output_dir is not None:
-            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            from ecamp.utils.io import ensure_dir
+
+            ensure_dir(output_dir)
             fh = logging.FileHandler(Path(output_dir) / "log.txt", encoding="utf-8")
             fh.setFormatter(logging.Formatter(_FORMAT))
+            fh.addFilter(SecretFilter())
             root.addHandler(fh)
     root.propagate = False
 

@@ -25,6 +25,7 @@ import yaml
 from ecamp.errors import UserError
 from ecamp.utils.io import atomic_write_bytes, atomic_write_text
 from ecamp.utils.logging import get_logger
+from ecamp.utils.secrets import mask_secrets
 from ecamp.viz.curves import curves_png, find_metric_files, read_metrics
 
 log = get_logger(__name__)
@@ -398,13 +399,13 @@ def build_report(
     rep.add("<h2>Resolved configs</h2>")
     if pipeline:
         rep.add(
-            f"<details open><summary>pipeline</summary><pre>{html.escape(yaml.safe_dump(dict(pipeline), sort_keys=False))}</pre></details>"
+            f"<details open><summary>pipeline</summary><pre>{html.escape(yaml.safe_dump(mask_secrets(dict(pipeline)), sort_keys=False))}</pre></details>"
         )
     for rec in records:
         if rec.get("config"):
             rep.add(
                 f"<details><summary>{html.escape(str(rec.get('stage')))}</summary>"
-                f"<pre>{html.escape(yaml.safe_dump(rec['config'], sort_keys=False))}</pre></details>"
+                f"<pre>{html.escape(yaml.safe_dump(mask_secrets(rec['config']), sort_keys=False))}</pre></details>"
             )
 
     title = html.escape(str((pipeline or {}).get("name") or "ecamp run"))
