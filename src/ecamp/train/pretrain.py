@@ -192,6 +192,7 @@ def upsampled_crop_monitor(dataset: Any, sampler: Any, cfg: PretrainConfig) -> A
 
     hr = cfg.model.hr_size
     history: dict[int, float] = {}
+    warned: list[int] = []
 
     def hook(epoch: int) -> None:
         idx, seeds = sampler.epoch_items(epoch)
@@ -201,7 +202,8 @@ def upsampled_crop_monitor(dataset: Any, sampler: Any, cfg: PretrainConfig) -> A
         log.info(
             "epoch %d: %.1f%% of the %d-px SR crops are up-sampled%s", epoch, 100 * frac, hr, note
         )
-        if frac > UPSAMPLED_WARN:
+        if frac > UPSAMPLED_WARN and not warned:
+            warned.append(epoch)  # once a run: later epochs only log their share
             side = cache_side_for(hr, (cfg.data.crop_scale[0], cfg.data.crop_scale[1]))
             log.warning(
                 "%.1f%% of epoch %d's SR targets are crops of fewer than %d real pixels, "
