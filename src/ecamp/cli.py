@@ -25,6 +25,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("export", "ecamp.train.export"),
     ("finetune", "ecamp.train.finetune"),
     ("evaluate", "ecamp.eval.cli"),
+    ("report", "ecamp.viz.report"),
 ]
 
 
