@@ -123,7 +123,8 @@ def format_mean_se(s: SeedSummary, digits: int = 4, sign: bool = True) -> str:
     if s.mean is None:
         return "n/a"
     f = f"{{:{'+' if sign else ''}.{digits}f}}"
-    return f.format(s.mean) + ("" if s.se is None else f" ± {s.se:.{digits}f}")
+    mean = round(s.mean, digits) + 0.0  # no "-0.0000" for a float-noise mean
+    return f.format(mean) + ("" if s.se is None else f" ± {s.se:.{digits}f}")
 
 
 def robust_sentence(stats: Mapping[tuple[str, str], SeedSummary]) -> str:
