@@ -98,8 +98,8 @@ def effect(a: dict[str, Scores], b: dict[str, Scores]) -> dict[tuple[str, str], 
 
 
 def cell(s: SeedSummary, sign: bool) -> str:
-    """``mean ± SE``, with ``*`` when the mean is more than 2 SE from zero."""
-    star = s.mean is not None and s.se is not None and abs(s.mean) > 2 * s.se
+    """``mean ± SE``; an effect (``sign``) gets ``*`` when its mean is more than 2 SE from zero."""
+    star = sign and s.mean is not None and s.se is not None and abs(s.mean) > 2 * s.se
     return format_mean_se(s, digits=3, sign=sign) + (" *" if star else "")
 
 
@@ -126,7 +126,14 @@ def main() -> int:
     )
     ap.add_argument("--base", type=Path, help="a finished base run to reuse (one seed only)")
     ap.add_argument("--rows", type=Path, default=ROWS, help="folder of row YAMLs")
-    ap.add_argument("--only", nargs="*", default=[], help="row file stems to run (default: all)")
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="STEMS",
+        help="row file stems to run, comma-separated or repeated, e.g. 01_baseline,05_sr "
+        "(default: all)",
+    )
     ap.add_argument("overrides", nargs="*", help="pipeline KEY=VALUE for the base and every row")
     args = ap.parse_args()
     if args.seeds is None:  # a reused base run keeps its own world
@@ -136,6 +143,9 @@ def main() -> int:
         args.seeds = [int(label) if label.isdigit() else 0]
     if args.base and len(args.seeds) > 1:
         ap.error("--base is one finished run: give a single --seeds value with it")
+    args.only = [x for o in args.only for x in o.split(",") if x]
+    if any("=" not in o for o in args.overrides):
+        ap.error(f"overrides must be KEY=VALUE, got {[o for o in args.overrides if '=' not in o]}")
     if any(o.split("=", 1)[0] == "data.synthetic_seed" for o in args.overrides):
         ap.error("data.synthetic_seed is set per run: use --seeds")
     specs = [
