@@ -6,6 +6,10 @@ overlays (when the attention stage ran), masked-image reconstructions and super-
 output of the pre-trained ECAMP model, and every resolved config.  Images are inlined as
 base64 PNG so the file can be mailed or archived alone; ``figures/`` holds the same PNGs.
 A figure that cannot be drawn becomes a note in the report, never a failed stage.
+
+`ecamp report --runs DIR ...` (:func:`build_seeds_report`) writes the report of several finished
+runs, one per world seed: each seed's delta against random init, the mean delta with its
+standard error and error bars, and one sentence naming the robust effects.
 """
 
 from __future__ import annotations
