@@ -26,6 +26,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("splits", "ecamp.data.splits_cli"),
     ("finetune", "ecamp.train.finetune"),
     ("evaluate", "ecamp.eval.cli"),
+    ("report", "ecamp.viz.report"),
 ]
 
 

@@ -6,6 +6,10 @@ overlays (when the attention stage ran), masked-image reconstructions and super-
 output of the pre-trained ECAMP model, and every resolved config.  Images are inlined as
 base64 PNG so the file can be mailed or archived alone; ``figures/`` holds the same PNGs.
 A figure that cannot be drawn becomes a note in the report, never a failed stage.
+
+`ecamp report --runs DIR ...` (:func:`build_seeds_report`) writes the report of several finished
+runs, one per world seed: each seed's delta against random init, the mean delta with its
+standard error and error bars, and one sentence naming the robust effects.
 """
 
 from __future__ import annotations
@@ -418,3 +422,173 @@ def build_report(
         + "</body></html>\n"
     )
     return atomic_write_text(out_dir / "report.html", page)
+
+
+# --------------------------------------------------------------------------- over seeds
+
+HELP = "the report of several `ecamp run` folders (world seeds): deltas with error bars, robustness"
+
+
+def seeds_png(stats: Mapping[tuple[str, str], Any]) -> bytes:
+    """Per (task, metric): the mean delta (bar), +-2 SE (error bar) and each seed's delta (dots)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    keys = [k for k, s in stats.items() if s.mean is not None]
+    fig = Figure(figsize=(max(4.0, 1.3 * len(keys) + 1.5), 3.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(keys))
+    means = [stats[k].mean for k in keys]
+    errs = [2 * (stats[k].se or 0.0) for k in keys]
+    colors = ["#137333" if stats[k].robust else "#9aa0a6" for k in keys]
+    ax.bar(x, means, width=0.6, color=colors, yerr=errs, capsize=5, ecolor="#1d2330")
+    for i, k in enumerate(keys):
+        vals = list(stats[k].values.values())
+        ax.scatter(
+            np.full(len(vals), i) + np.linspace(-0.15, 0.15, len(vals)),
+            vals,
+            s=14,
+            color="#1a73e8",
+            zorder=3,
+        )
+    ax.axhline(0.0, color="#1d2330", linewidth=0.8)
+    ax.set_xticks(x, [f"{t}\n{m}" for t, m in keys], fontsize=8)
+    ax.set_ylabel("pre-trained - random", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(
+        "delta over seeds: bar = mean, error bar = 2 SE, dots = seeds (green: robust)", fontsize=9
+    )
+    fig.tight_layout()
+    return _png_of(fig)
+
+
+def _seeds_table_html(stats: Mapping[tuple[str, str], Any], seeds: Sequence[str]) -> str:
+    from ecamp.eval.results import format_mean_se
+
+    head = "".join(f"<th>seed {html.escape(s)}</th>" for s in seeds)
+    out = [
+        f"<table><tr><th>task</th><th>metric</th>{head}<th>mean &Delta; &plusmn; SE</th>"
+        "<th>&gt; 2 SE</th><th>robust</th></tr>"
+    ]
+    for (task, metric), s in stats.items():
+        cells = "".join(
+            f"<td class='num {'win' if s.values[x] > 0 else 'lose'}'>{s.values[x]:+.4f}</td>"
+            if x in s.values
+            else "<td class='num'>-</td>"
+            for x in seeds
+        )
+        out.append(
+            f"<tr><td>{html.escape(task)}</td><td>{html.escape(metric)}</td>{cells}"
+            f"<td class='num'>{html.escape(format_mean_se(s))}</td>"
+            f"<td>{'yes' if s.above_2se else 'no'}</td>"
+            f"<td class='{'win' if s.robust else 'lose'}'>{'yes' if s.robust else 'no'}</td></tr>"
+        )
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def seed_label(run_dir: str | Path) -> str:
+    """A run's world seed (``data.synthetic_seed`` of its ``pipeline.yaml``), else its folder name."""
+    path = Path(run_dir) / "pipeline.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        seed = (data.get("data") or {}).get("synthetic_seed")
+    except (OSError, yaml.YAMLError, AttributeError):
+        seed = None
+    return str(seed) if seed is not None else Path(run_dir).name
+
+
+def build_seeds_report(
+    runs: Mapping[str, str | Path], out_dir: str | Path, title: str = "ecamp run over seeds"
+) -> Path:
+    """Write ``out_dir/report.html`` (and ``figures/seeds.png``) for finished runs ``{seed: dir}``.
+
+    Shows each seed's delta (pre-trained minus random init) per task and metric, the mean with
+    its standard error and error bars, and one sentence naming the robust effects.
+    """
+    from ecamp.eval.results import pivot_results, robust_sentence, run_rows, seed_deltas
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = {str(s): run_rows(d) for s, d in runs.items()}
+    stats = seed_deltas(rows)
+    sentence = robust_sentence(stats)
+    rep = _Report(out_dir)
+    rep.add(f"<p><strong>{html.escape(sentence)}</strong></p>")
+    rep.add("<h2>Pre-trained minus random init, per seed</h2>")
+    rep.add(_seeds_table_html(stats, list(rows)) if stats else "<p class='note'>No results.</p>")
+    rep.add(
+        "<p class='sub'>SE: standard error of the mean delta over seeds (sample standard "
+        "deviation / &radic;n). Robust: mean &gt; 2 SE and every seed's delta positive.</p>"
+    )
+    if stats:
+        rep.attempt(
+            "seeds chart",
+            lambda: rep.figure("seeds", seeds_png(stats), "mean delta over seeds, error bars 2 SE"),
+        )
+    rep.add("<h2>Runs</h2><table><tr><th>seed</th><th>run directory</th><th>seconds</th></tr>")
+    for s, d in runs.items():
+        try:
+            secs = f"{json.loads((Path(d) / 'pipeline.json').read_text())['seconds']:.1f}"
+        except (OSError, ValueError, KeyError, TypeError):
+            secs = "-"
+        rep.add(
+            f"<tr><td>{html.escape(str(s))}</td><td><code>{html.escape(str(Path(d).resolve()))}"
+            f"</code></td><td class='num'>{secs}</td></tr>"
+        )
+    rep.add("</table>")
+    for s, r in rows.items():
+        rep.add(f"<details><summary>seed {html.escape(s)}: values</summary>")
+        rep.add(_results_html(r) if pivot_results(r) else "<p>-</p>")
+        rep.add("</details>")
+    t = html.escape(title)
+    page = (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{t}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{t}</h1>"
+        f"<p class='sub'>{len(runs)} runs &middot; written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>"
+        + "\n".join(rep.parts)
+        + "</body></html>\n"
+    )
+    atomic_write_text(
+        out_dir / "summary.json",
+        json.dumps(
+            {
+                "sentence": sentence,
+                "deltas": {f"{t}/{m}": v.as_dict() for (t, m), v in stats.items()},
+            },
+            indent=1,
+        )
+        + "\n",
+    )
+    return atomic_write_text(out_dir / "report.html", page)
+
+
+def add_arguments(parser: Any) -> None:
+    """Flags of `ecamp report`."""
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="finished `ecamp run` folders, one per world seed (data.synthetic_seed); 2+ for a spread",
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        metavar="DIR",
+        help="where report.html, figures/seeds.png and summary.json go",
+    )
+    parser.add_argument("--title", default="ecamp run over seeds", help="the report's title")
+
+
+def run(args: Any) -> int:
+    """Entry point of `ecamp report`."""
+    labels = [seed_label(d) for d in args.runs]
+    if len(set(labels)) < len(labels):  # same seed twice (e.g. two thread counts): use folders
+        labels = [str(Path(d)) for d in args.runs]
+    path = build_seeds_report(dict(zip(labels, args.runs)), args.output, args.title)
+    print(json.loads((Path(args.output) / "summary.json").read_text())["sentence"])
+    print(f"report: {path}")
+    return 0
