@@ -123,6 +123,21 @@ def make_batch(cfg, batch: int, labels: str, device: torch.device, seed: int = 0
     return {k: v.to(device) for k, v in out.items()}
 
 
+def build(preset: str, device: torch.device) -> tuple[Any, torch.nn.Module, torch.optim.Optimizer]:
+    """``(cfg, model, optimizer)`` of ``preset`` on ``device``, seeded: what one run trains."""
+    from ecamp.config import TrainConfig, model_config
+    from ecamp.models.ecamp import ECAMPModel
+    from ecamp.train.loop import build_optimizer
+
+    torch.manual_seed(0)
+    cfg = model_config(preset)
+    model = ECAMPModel(cfg).to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    # the training loop's optimizer (fused AdamW on CPU and CUDA), at the release's settings
+    train_cfg = TrainConfig(lr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95))
+    return cfg, model, build_optimizer(train_cfg, [{"params": params}], device)
+
+
 def measure_step(
     preset: str,
     batch: int,
@@ -134,26 +149,22 @@ def measure_step(
     labels: str = "masked",
     compile_mode: str | None = None,
     verbose: bool = True,
+    profile: int = 0,
+    built: tuple[Any, torch.nn.Module, torch.optim.Optimizer] | None = None,
 ) -> dict[str, Any]:
     """Time ``steps`` pre-training steps of ``preset`` at ``batch``; FLOPs of one step.
 
     ``precision`` is a ``train.precision`` value (resolved as the training loop does).
     ``compile_mode`` None runs eager, else ``torch.compile(mode=compile_mode)``.
+    ``profile`` > 0 profiles one more step and prints that many ops by self time to stderr.
+    ``built``: a ``(cfg, model, optimizer)`` from :func:`build` to reuse (batch searches).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ecamp.config import TrainConfig, model_config
-    from ecamp.models.ecamp import ECAMPModel
-    from ecamp.train.loop import build_optimizer, resolve_precision
+    from ecamp.train.loop import resolve_precision
 
     amp = resolve_precision(precision, device)
-    torch.manual_seed(0)
-    cfg = model_config(preset)
-    model = ECAMPModel(cfg).to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    # the training loop's optimizer (fused AdamW on CPU and CUDA), at the release's settings
-    train_cfg = TrainConfig(lr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95))
-    opt = build_optimizer(train_cfg, [{"params": params}], device)
+    cfg, model, opt = built if built is not None else build(preset, device)
     data = make_batch(cfg, batch, labels, device)
     run_model = torch.compile(model, mode=compile_mode) if compile_mode else model
 
@@ -194,6 +205,16 @@ def measure_step(
         if verbose:
             print(f"step {i}: {times[-1]:.3f} s {losses}", file=sys.stderr)
     faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch_profile(activities=acts) as prof:
+            step()
+            _sync(device)
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=profile), file=sys.stderr)
     med = statistics.median(times)
     result = {
         "preset": preset,
@@ -259,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
         "default: glibc's own thresholds",
     )
     ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="profile one more step (torch.profiler) and print its N costliest ops by self time",
+    )
+    ap.add_argument(
         "--peak-n", type=int, default=0, help="matmul size of the peaks (0: 2048 CPU, 8192 GPU)"
     )
     args = ap.parse_args(argv)
@@ -282,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         labels=args.labels,
         compile_mode=args.compile_mode if args.compile else None,
+        profile=args.profile,
     )
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     use_bf16 = res["precision"] == "bf16"
