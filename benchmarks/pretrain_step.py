@@ -32,6 +32,9 @@ Where the arithmetic differs from the authors' release (same model, same losses)
   2**-16 (0.100006) and the mask stream differs; the attention with dropout is the math form
   (softmax in fp32), which is what sdpa itself runs on a CPU when dropout is on.  On CUDA
   torch's fused dropout and sdpa are used unchanged.
+- The MLM cross-entropy computes its gradient in its forward pass, in the one softmax buffer
+  (``ecamp.models.cross_entropy``), instead of the three other (scored tokens x 30k) buffers
+  of ``F.cross_entropy`` + backward; same loss and gradient up to rounding.
 - The BERT pooler that the release builds and evaluates (and never uses) is not built.
 - AdamW is the training loop's (``ecamp.train.loop.build_optimizer``): fused on CPU and CUDA.
 - On a CPU, glibc keeps freed memory for reuse (``ecamp.utils.allocator``, as the training
