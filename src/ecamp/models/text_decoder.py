@@ -24,6 +24,7 @@ from transformers.models.bert.modeling_bert import (
 )
 
 from ecamp.config import ModelConfig
+from ecamp.models.cross_entropy import weighted_cross_entropy
 from ecamp.models.dropout import bert_attention, replace_dropout
 
 IGNORE_INDEX = -100
@@ -136,5 +137,5 @@ class TextDecoder(nn.Module):
         if idx.numel() == 0:
             return h.sum() * 0.0  # keeps the graph (and DDP) happy when nothing is scored
         logits = self.mlm_head(h.reshape(-1, h.shape[-1]).index_select(0, idx))
-        ce = F.cross_entropy(logits.float(), flat_labels.index_select(0, idx), reduction="none")
-        return (ce * flat_w.index_select(0, idx)).sum() / n_labelled
+        coef = flat_w.index_select(0, idx) / n_labelled
+        return weighted_cross_entropy(logits.float(), flat_labels.index_select(0, idx), coef)

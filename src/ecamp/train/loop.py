@@ -256,7 +256,11 @@ def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = full fp32) for ``train.precision`` on ``device``."""
+    """The autocast dtype (None = full fp32) for ``train.precision`` on ``device``.
+
+    ``auto`` never picks bf16 on a CPU; an explicit ``bf16`` on a CPU without bf16 instructions
+    logs one warning with the measured slowdown (:mod:`ecamp.utils.cpu`).
+    """
     p = (precision or "auto").lower()
     if p == "auto":
         if device.type == "cuda":
@@ -265,6 +269,10 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if p in ("fp32", "32", "float32"):
         return None
     if p in ("bf16", "bfloat16"):
+        if device.type == "cpu":
+            from ecamp.utils.cpu import warn_if_cpu_bf16_slow
+
+            warn_if_cpu_bf16_slow(f"train.precision={precision}")
         return torch.bfloat16
     if p in ("fp16", "16", "float16"):
         if device.type != "cuda":
