@@ -367,14 +367,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _train_student(args: argparse.Namespace) -> int:
-    from ecamp.config import load_config
-    from ecamp.distill.student import StudentConfig, train_student
+    from ecamp.distill.student import load_student_config, train_student
     from ecamp.errors import UserError
     from ecamp.utils.logging import setup_logging
 
     if not args.output:
         raise UserError("give --output DIR for the checkpoints, logs and the trained model/")
-    cfg = load_config(StudentConfig, args.config, args.overrides)
+    cfg = load_student_config(args.config, args.overrides)
     cfg.data = args.data or cfg.data
     cfg.base = args.base or cfg.base
     setup_logging(args.output, rank=int(os.environ.get("RANK", "0")))

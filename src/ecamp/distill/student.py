@@ -102,6 +102,25 @@ class StudentConfig:
     train: TrainConfig = field(default_factory=_student_train)
 
 
+def load_student_config(path: str | Path | None, overrides: list[str]) -> StudentConfig:
+    """Student defaults (``train`` included) <- YAML file <- dotted overrides."""
+    from ecamp.config import apply_overrides, from_dict, read_yaml
+
+    data = to_dict(StudentConfig())
+
+    def merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+        for k, v in new.items():
+            if isinstance(v, dict) and isinstance(into.get(k), dict):
+                merge(into[k], v)
+            else:
+                into[k] = v
+
+    if path:
+        merge(data, read_yaml(path))
+    apply_overrides(data, list(overrides))
+    return from_dict(StudentConfig, data)
+
+
 # --------------------------------------------------------------------------- pairs
 
 
@@ -347,6 +366,7 @@ def build_student(cfg: StudentConfig):
             )
         if cfg.gradient_checkpointing:
             lm.enable_input_require_grads()
+        torch.manual_seed(cfg.train.seed)  # the adapters' random init: same run, same weights
         lm = get_peft_model(
             lm,
             LoraConfig(
