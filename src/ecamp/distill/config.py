@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-BACKENDS = ("rules", "openai", "llamacpp")
+BACKENDS = ("rules", "openai", "llamacpp", "transformers")
 
 
 @dataclass
@@ -17,10 +17,11 @@ class DistillConfig:
     the environment variable named by ``api_key_env`` (or ``api_key`` in a private YAML).
     """
 
-    backend: str = "rules"  # rules | openai | llamacpp
+    backend: str = "rules"  # rules | openai | llamacpp | transformers
     # openai-compatible server (ChatGPT, vLLM, llama.cpp server, Ollama)
     base_url: str | None = None  # default: $OPENAI_BASE_URL, else the OpenAI API
-    model: str | None = None  # default: $ECAMP_LLM_MODEL
+    # the server's model name ($ECAMP_LLM_MODEL by default); transformers: a local model folder
+    model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     api_key: str | None = None
     concurrency: int = 4
@@ -32,6 +33,9 @@ class DistillConfig:
     gguf: str | None = None
     n_ctx: int = 4096
     n_threads: int | None = None
+    # transformers in process (a fine-tuned student's folder): greedy, batched
+    batch_size: int = 16  # reports per generate() call
+    device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps
     # decoding (both LLM backends)
     temperature: float = 0.0
     max_tokens: int = 384
@@ -70,6 +74,8 @@ class DistillConfig:
         """What changes an answer: cached results are reused only when these match."""
         if self.backend == "rules":
             return {"backend": "rules"}
+        if self.backend == "transformers":  # always greedy; the model id names its weights
+            return {"backend": self.backend, "model": self.model, "max_tokens": self.max_tokens}
         return {
             "backend": self.backend,
             "model": self.resolved_model() if self.backend == "openai" else self.gguf,

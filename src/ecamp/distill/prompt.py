@@ -3,7 +3,9 @@
 The default (``resources/distill/prompt.yaml``) uses the first report / distilled-report
 pair of the paper's Appendix C as its example; a user prompt file with the same keys
 (``system``, ``user`` with ``{report}`` and ``{entities}``, ``example.report``,
-``example.answer``) replaces it.
+``example.answer``) replaces it.  ``student`` names the packaged short prompt for a
+fine-tuned student (``resources/distill/student_prompt.yaml``): no example, so a prompt file
+may leave ``example`` out.
 """
 
 from __future__ import annotations
@@ -30,15 +32,23 @@ class Prompt:
     example_answer: str
 
     def messages(self, report: str, entities: list[str] | None = None) -> list[dict[str, str]]:
-        """Chat messages for one report: system, example user/assistant, then the report."""
+        """Chat messages for one report: system, example user/assistant (when the prompt has
+        an example), then the report."""
         ents = entities if entities is not None else entity_list(report)
+        shot = (
+            [
+                {
+                    "role": "user",
+                    "content": self._user(self.example_report, entity_list(self.example_report)),
+                },
+                {"role": "assistant", "content": self.example_answer},
+            ]
+            if self.example_report
+            else []
+        )
         return [
             {"role": "system", "content": self.system},
-            {
-                "role": "user",
-                "content": self._user(self.example_report, entity_list(self.example_report)),
-            },
-            {"role": "assistant", "content": self.example_answer},
+            *shot,
             {"role": "user", "content": self._user(report, ents)},
         ]
 
@@ -63,6 +73,11 @@ def default_prompt_path() -> Path:
     return Path(str(resources.files("ecamp") / "resources" / "distill" / "prompt.yaml"))
 
 
+def student_prompt_path() -> Path:
+    """The packaged short prompt for fine-tuned students (no worked example)."""
+    return Path(str(resources.files("ecamp") / "resources" / "distill" / "student_prompt.yaml"))
+
+
 def appendix_c_pairs() -> list[dict[str, str]]:
     """The paper's three report / distilled-report pairs (Appendix C, Table S3)."""
     path = resources.files("ecamp") / "resources" / "distill" / "appendix_c.json"
@@ -70,7 +85,10 @@ def appendix_c_pairs() -> list[dict[str, str]]:
 
 
 def load_prompt(path: str | Path | None = None) -> Prompt:
-    """Read a prompt file (YAML); ``None`` gives the packaged default."""
+    """Read a prompt file (YAML); ``None`` gives the packaged default, ``"student"`` the
+    packaged short student prompt."""
+    if path == "student":
+        path = student_prompt_path()
     p = Path(path) if path else default_prompt_path()
     if not p.is_file():
         raise UserError(
@@ -80,8 +98,10 @@ def load_prompt(path: str | Path | None = None) -> Prompt:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise UserError(f"prompt file {p} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"prompt file {p} must hold a mapping with keys system and user")
     try:
-        example = data["example"]
+        example = data.get("example") or {"report": "", "answer": ""}
         prompt = Prompt(
             system=str(data["system"]).strip(),
             user=str(data["user"]),
@@ -90,7 +110,8 @@ def load_prompt(path: str | Path | None = None) -> Prompt:
         )
     except (KeyError, TypeError) as e:
         raise UserError(
-            f"prompt file {p} must have keys system, user, example.report, example.answer (missing {e})"
+            f"prompt file {p} must have keys system, user and, for a one-shot prompt, "
+            f"example.report and example.answer (missing {e})"
         ) from None
     if "{report}" not in prompt.user:
         raise UserError(f"prompt file {p}: the user template must contain {{report}}")

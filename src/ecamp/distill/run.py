@@ -270,21 +270,71 @@ def distill_with_llm(
         if parsed.ok:
             return Distillation(parsed.findings, backend=backend.name, status="ok")
         problem = parsed.problem or "rejected"
-        messages = [
-            *messages,
-            {"role": "assistant", "content": answer},
-            {
-                "role": "user",
-                "content": f"That answer was rejected ({problem}). Answer again with one sentence "
-                f"per entity in the given forms, about only these entities: {', '.join(entities)}.",
-            },
-        ]
+        messages = _retry_messages(messages, answer, problem, entities)
+    return _fallback(report, backend, problem)
+
+
+def _retry_messages(
+    messages: list[dict[str, str]], answer: str, problem: str, entities: list[str]
+) -> list[dict[str, str]]:
+    """The chat asking again after a rejected answer."""
+    return [
+        *messages,
+        {"role": "assistant", "content": answer},
+        {
+            "role": "user",
+            "content": f"That answer was rejected ({problem}). Answer again with one sentence "
+            f"per entity in the given forms, about only these entities: {', '.join(entities)}.",
+        },
+    ]
+
+
+def _fallback(report: Report, backend: ChatBackend, problem: str) -> Distillation:
     return Distillation(
         distill_text(report.text),
         backend="rules",
         status="fallback",
         reason=f"{backend.name}: {problem}",
     )
+
+
+def distill_batch_with_llm(
+    reports: list[Report], backend: ChatBackend, prompt: Prompt, retries: int = 1
+) -> list[Distillation]:
+    """:func:`distill_with_llm` for a batch, through ``backend.chat_batch`` (one call per
+    round: the first answers, then the rejected ones asked again)."""
+    out: list[Distillation | None] = [None] * len(reports)
+    todo: list[tuple[int, list[str], list[dict[str, str]]]] = []
+    for i, r in enumerate(reports):
+        if not r.text.strip():
+            out[i] = Distillation(
+                [], backend=backend.name, status="empty", reason="empty report text"
+            )
+            continue
+        entities = entity_list(r.text)
+        if not entities:
+            out[i] = Distillation(
+                [], backend=backend.name, status="ok", reason="no entity mentioned"
+            )
+            continue
+        todo.append((i, entities, prompt.messages(r.text, entities)))
+    problems: dict[int, str] = {}
+    for _ in range(1 + max(0, retries)):
+        if not todo:
+            break
+        answers = backend.chat_batch([m for _, _, m in todo])  # type: ignore[attr-defined]
+        rejected = []
+        for (i, entities, messages), answer in zip(todo, answers):
+            parsed = parse_answer(answer, entities)
+            if parsed.ok:
+                out[i] = Distillation(parsed.findings, backend=backend.name, status="ok")
+                continue
+            problems[i] = parsed.problem or "rejected"
+            rejected.append((i, entities, _retry_messages(messages, answer, problems[i], entities)))
+        todo = rejected
+    for i, _, _ in todo:
+        out[i] = _fallback(reports[i], backend, problems[i])
+    return [d for d in out if d is not None]
 
 
 @dataclass
@@ -355,6 +405,9 @@ def distill_corpus(
 
 
 def _run_llm(todo, backend, prompt, cfg, record, summary, bar) -> None:
+    if hasattr(backend, "chat_batch"):
+        _run_batched(todo, backend, prompt, cfg, record, summary, bar)
+        return
     workers = max(1, min(cfg.concurrency, backend.max_concurrency))
     consecutive = 0
     it: Iterator[Report] = iter(todo)
@@ -394,6 +447,32 @@ def _run_llm(todo, backend, prompt, cfg, record, summary, bar) -> None:
                     record(r, d)
                 submit_next()
                 bar.set_postfix(fallbacks=summary.fallbacks, failed=summary.failures, refresh=False)
+
+
+def _run_batched(todo, backend, prompt, cfg, record, summary, bar) -> None:
+    """In-process backends that answer many chats per call (transformers)."""
+    size = max(1, getattr(backend, "batch_size", 1))
+    consecutive = 0
+    for lo in range(0, len(todo), size):
+        chunk = todo[lo : lo + size]
+        try:
+            results = distill_batch_with_llm(chunk, backend, prompt, cfg.validation_retries)
+        except BackendUnavailable as e:
+            summary.failures += len(chunk)
+            summary.failed_ids.extend(r.id for r in chunk)
+            consecutive += len(chunk)
+            log.warning("%d report(s) failed: %s", len(chunk), e)
+            bar.update(len(chunk))
+            if consecutive >= cfg.max_consecutive_failures:
+                raise UserError(
+                    f"{consecutive} reports in a row failed ({e}); finished reports are cached: "
+                    "fix the cause (e.g. a smaller batch_size) and rerun the same command to resume."
+                ) from None
+            continue
+        consecutive = 0
+        for r, d in zip(chunk, results):
+            record(r, d)
+        bar.set_postfix(fallbacks=summary.fallbacks, refresh=False)
 
 
 def _progress(total: int, enabled: bool):
