@@ -19,7 +19,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("tokenizer", "ecamp.text.tokenizer_cli"),
     ("mimic", "ecamp.data.sources.mimic_cxr"),
     ("cache", "ecamp.data.cache"),
-    ("attention", "ecamp.train.attention"),
+    ("attention", "ecamp.train.attention_cli"),
     ("pretrain", "ecamp.train.pretrain"),
     ("pretrain show", "ecamp.train.pretrain_show"),  # a two-word command: see main()
     ("export", "ecamp.train.export"),
