@@ -319,8 +319,10 @@ class GloriaCollator:
 
 
 def load_manifest(cfg: AttentionConfig, output: Path | None) -> pd.DataFrame:
-    """The manifest ``data.manifest`` names, or a phantom world generated under ``output``."""
+    """The manifest ``data.manifest`` names, or a phantom world generated under ``output``
+    (by rank 0 only, the other ranks of a process group waiting for it)."""
     from ecamp.data.manifest import read_table, validate_pretrain
+    from ecamp.train import distributed as du
 
     path = cfg.data.manifest
     if not path:
@@ -330,13 +332,14 @@ def load_manifest(cfg: AttentionConfig, output: Path | None) -> pd.DataFrame:
 
         folder = output / "phantom"
         path = str(folder / "manifest.csv")
-        if not Path(path).is_file():
+        if du.is_main() and not Path(path).is_file():
             log.info(
                 "no data.manifest: writing a phantom world of %d images to %s",
                 cfg.data.synthetic_n,
                 folder,
             )
             make_phantom_world(folder, n=cfg.data.synthetic_n, seed=cfg.data.synthetic_seed)
+        du.barrier()
     df = read_table(path)
     out = validate_pretrain(df, str(path), bad_rows=cfg.data.bad_rows)
     out.attrs["source"] = str(Path(path).resolve())
@@ -558,6 +561,7 @@ def train(cfg: AttentionConfig, output: str | Path, evaluate: bool = True) -> di
 
     out = Path(output)
     resolve_text_init(cfg.model, cfg.data)  # checks both files first; BERT sizes + tokenizer
+    du.init_distributed(cfg.train.device)  # before the rank-0-only phantom world is written
     df = load_manifest(cfg, out)
     train_df = select_splits(df, cfg.data.splits)
     if train_df.empty:
