@@ -47,3 +47,21 @@ def test_data() -> Callable[[str], Path]:
         return p
 
     return get
+
+
+@pytest.fixture(scope="session")
+def shared_reference() -> Callable[[str], Path]:
+    """Like :func:`test_data`, for ``shared/reference`` (beside the sample data ECAMP_TEST_DATA
+    names): skip when ECAMP_TEST_DATA is unset, fail when it is set and the file is missing."""
+    root = os.environ.get("ECAMP_TEST_DATA")
+    if not root:
+        pytest.skip("ECAMP_TEST_DATA is not set: shared/reference (beside it) not available")
+    base = Path(root).resolve().parent / "reference"
+
+    def get(rel: str) -> Path:
+        p = base / rel
+        if not p.exists():
+            pytest.fail(f"ECAMP_TEST_DATA={root} is set but {p} is missing")
+        return p
+
+    return get

@@ -96,7 +96,8 @@ def test_missing_shard_falls_back(tmp_path):
 
 
 def test_pretrain_dataset_reads_maps_and_falls_back_to_uniform(tmp_path):
-    pytest.importorskip("torchvision")
+    import torch
+    import torch.nn.functional as F
     from PIL import Image
 
     from ecamp.config import DataConfig
@@ -118,7 +119,10 @@ def test_pretrain_dataset_reads_maps_and_falls_back_to_uniform(tmp_path):
     ds = PretrainDataset(df, DataConfig(augment="none"), hr_size=16, guidance=store)
     g_a, g_b = ds[(0, 1)]["guidance"], ds[(1, 1)]["guidance"]
     assert g_a.shape == g_b.shape == (1, 16, 16)
-    assert float(g_a.std()) > 0  # the stored map
+    # the stored map (the one _write drew), whole image (augment none) resized 32 -> 16
+    written = torch.from_numpy(np.random.default_rng(1).random((32, 32)).astype(np.float32))
+    want = F.interpolate(written[None, None], size=(16, 16), mode="bilinear", antialias=True)[0]
+    assert torch.allclose(g_a, want, atol=2e-3), float((g_a - want).abs().max())
     assert bool((g_b == 1).all()) and store.missing == 1  # unknown id: uniform, counted
 
 
@@ -130,3 +134,52 @@ def test_unfinished_or_mismatched_export_is_a_user_error(tmp_path):
         GuidanceWriter(tmp_path / "g", {**META, "size": 64})
     with pytest.raises(UserError):
         GuidanceStore(tmp_path / "g", kind="box")
+
+
+def test_a_zeroed_guidance_region_is_ignored_by_the_sr_loss(tmp_path):
+    """End to end: stored map -> pre-training sample -> ECAMP's SR loss.  SR errors where the
+    map is 0 do not change the loss; the same errors where it is positive do."""
+    import dataclasses
+
+    import torch
+    from PIL import Image
+
+    from ecamp.config import DataConfig, model_config
+    from ecamp.data.pretrain import PretrainDataset
+    from ecamp.models.ecamp import ECAMPModel
+
+    the_map = np.ones((32, 32), np.float32)
+    the_map[:, 16:] = 0.0  # nothing to look at in the right half
+    writer = GuidanceWriter(tmp_path / "g", META)
+    row = {"id": "a", "shard": 0, "row": 0, "col": 0, "entities": "", "sentence": ""}
+    writer.write_shard(0, {"a": the_map}, pd.DataFrame([row]))
+    writer.finish(1)
+    g = np.random.default_rng(0).integers(0, 255, (40, 40)).astype(np.uint8)
+    Image.fromarray(g).save(tmp_path / "a.png")
+    df = pd.DataFrame({"id": ["a"], "image": [str(tmp_path / "a.png")], "report": ["x"]})
+    cfg = dataclasses.replace(model_config("tiny"), use_mlm=False, sr_guidance="map")
+    ds = PretrainDataset(
+        df, DataConfig(augment="none"), hr_size=cfg.hr_size, guidance=GuidanceStore(tmp_path / "g")
+    )
+    sample = ds[(0, 1)]
+    batch = {"image_hr": sample["image_hr"][None], "guidance": sample["guidance"][None]}
+    assert batch["guidance"][..., -cfg.hr_size // 4 :].abs().max() == 0  # read as stored
+
+    torch.manual_seed(0)
+    model = ECAMPModel(cfg).eval()
+    delta = torch.zeros(1, 1, cfg.hr_size, cfg.hr_size)
+
+    def sr_with_errors() -> float:
+        hook = model.super_res.register_forward_hook(lambda m, a, out: out + delta)
+        torch.manual_seed(1)  # the same masked patches every time
+        with torch.no_grad():
+            loss = float(model(batch)["sr"])
+        hook.remove()
+        return loss
+
+    base = sr_with_errors()
+    delta[..., -cfg.hr_size // 4 :] = 5.0  # big errors inside the zeroed region
+    assert sr_with_errors() == pytest.approx(base, rel=1e-6)
+    delta.zero_()
+    delta[..., : cfg.hr_size // 4] = 5.0  # the same errors where the map is 1
+    assert sr_with_errors() > base + 1.0

@@ -134,5 +134,13 @@ def test_det_json(tmp_path):
         str(tmp_path / "t.json"),
     ]
     assert _run(tmp_path, *args)["map"] == pytest.approx(1.0)  # mgca: only image a counts
-    coco = _run(tmp_path, *args, "--protocol", "coco")["map"]
-    assert 0 < coco < 1
+    # COCO keeps all three images: 2 ground-truth boxes (a hit on a at IoU 1 at every
+    # threshold, c missed), 2 detections (a: TP, b: FP).  101-point interpolated AP:
+    # TP ranked first -> precision 1 up to recall 0.5 -> 51 of the 101 recall points
+    pred["b"]["scores"] = [0.8]
+    (tmp_path / "p.json").write_text(json.dumps(pred))
+    assert _run(tmp_path, *args, "--protocol", "coco")["map"] == pytest.approx(51 / 101)
+    # FP ranked first -> precision 1/2 at recall 0.5 -> half of that
+    pred["b"]["scores"] = [0.95]
+    (tmp_path / "p.json").write_text(json.dumps(pred))
+    assert _run(tmp_path, *args, "--protocol", "coco")["map"] == pytest.approx(0.5 * 51 / 101)

@@ -49,7 +49,17 @@ def test_random_init_uses_configured_architecture():
     assert out["logits"].shape == (2, 6)
 
 
-def test_linear_probe_leaves_encoder_unchanged(tmp_path):
+def test_linear_probe_leaves_encoder_unchanged(tmp_path, monkeypatch):
+    import ecamp.train.finetune as ft
+
+    initial: dict[str, torch.Tensor] = {}
+
+    def recording_build_model(*args, **kwargs):  # keeps the weights training starts from
+        model = build_model(*args, **kwargs)
+        initial.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(ft, "build_model", recording_build_model)
     torch.manual_seed(4)
     enc = MAEEncoder(model_config("tiny"))
     export_encoder(enc, tmp_path / "enc")
@@ -74,5 +84,13 @@ def test_linear_probe_leaves_encoder_unchanged(tmp_path):
     groups = saved["optimizer"]["param_groups"]
     assert all(g["momentum"] == 0.8 and "betas" not in g for g in groups)
     assert all("momentum_buffer" in s for s in saved["optimizer"]["state"].values())
-    # ... while the head did learn
+    # ... while the head did learn: every head weight moved from where training started
     assert res["steps"] > 0
+    head = [k for k in state if not k.startswith("encoder.")]
+    assert head and set(state) == set(initial)
+    for k in head:
+        if state[k].is_floating_point():
+            assert not torch.equal(state[k], initial[k]), f"head weight {k} did not change"
+    for k in state:
+        if k.startswith("encoder."):
+            assert torch.equal(state[k], initial[k]), k

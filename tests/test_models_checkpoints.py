@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-from pathlib import Path
 
 import pytest
 import timm
@@ -26,14 +25,13 @@ from ecamp.models.checkpoints import (
 from ecamp.models.ecamp import ECAMPModel
 from ecamp.models.vit import MAEEncoder
 
-TSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "release_state_dict_keys.tsv"
 
-
-def release_keys() -> list[tuple[str, tuple[int, ...]]]:
-    if not TSV.is_file():
-        pytest.skip(f"{TSV} not available")
+@pytest.fixture(scope="module")
+def release_keys(shared_reference) -> list[tuple[str, tuple[int, ...]]]:
+    """(key, shape) of every tensor of the authors' released checkpoint."""
+    tsv = shared_reference("release_state_dict_keys.tsv")
     rows = []
-    for line in TSV.read_text().splitlines():
+    for line in tsv.read_text().splitlines():
         if line and not line.startswith("#"):
             key, shape = line.split("\t")
             rows.append((key, tuple(ast.literal_eval(shape))))
@@ -50,8 +48,8 @@ def fake_release_state(rows) -> dict[str, torch.Tensor]:
     return sd
 
 
-def test_every_release_key_has_a_rule():
-    rows = release_keys()
+def test_every_release_key_has_a_rule(release_keys):
+    rows = release_keys
     assert len(rows) == 350
     targets = {}
     for key, _ in rows:
@@ -61,8 +59,8 @@ def test_every_release_key_has_a_rule():
 
 
 @pytest.fixture(scope="module")
-def release_model_and_state():
-    rows = release_keys()
+def release_model_and_state(release_keys):
+    rows = release_keys
     torch.manual_seed(0)
     return ECAMPModel(model_config("release")), fake_release_state(rows), rows
 

@@ -118,12 +118,41 @@ def test_sr_guidance_is_used():
     assert torch.allclose(a, b)  # -1 means no window = no guidance
 
 
-def test_reconstruct_shapes():
-    cfg = tiny()
-    rec = ECAMPModel(cfg).eval().reconstruct(make_batch(cfg))
+@pytest.mark.parametrize("norm_pix", [False, True])
+def test_reconstruct_values(norm_pix):
+    """reconstruct() = the masked forward pass, with standardised predictions turned back into
+    pixels (norm_pix_loss: each patch's mean and std from the input), and SR applied to it."""
+    from ecamp.models.vit import mim_target, unpatchify
+
+    cfg = tiny(norm_pix_loss=norm_pix)
+    torch.manual_seed(1)
+    model = ECAMPModel(cfg).eval()
+    batch = make_batch(cfg)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        rec = model.reconstruct(batch)
+    p = cfg.patch_size
     assert rec["pred_lr"].shape == (2, 3, cfg.img_size, cfg.img_size)
     assert rec["sr"].shape == (2, 3, cfg.hr_size, cfg.hr_size)
-    assert rec["mask"].shape == (2, 1, cfg.img_size, cfg.img_size)
+    # the same masking draw, by hand
+    torch.manual_seed(7)
+    with torch.no_grad():
+        imgs = model.low_res(batch["image_hr"])
+        latent, mask, ids_restore = model.encoder.forward_masked(imgs, cfg.mask_ratio)
+        pred = model.decoder(latent, ids_restore).float()
+    assert torch.equal(rec["input_lr"], imgs)
+    if norm_pix:  # pixels = standardised prediction * patch std + patch mean (of the input)
+        raw = mim_target(imgs, p, norm_pix=False)
+        pred = pred * (raw.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + raw.mean(-1, keepdim=True)
+    want = unpatchify(pred, p, cfg.in_chans)
+    assert torch.allclose(rec["pred_lr"], want, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(rec["sr"], model.super_res(want), atol=1e-5)
+    # the pixel mask: each patch all 1 (masked) or all 0, in the draw's patches
+    m = rec["mask"][:, 0]
+    patches = m.unfold(1, p, p).unfold(2, p, p).reshape(2, -1, p * p)
+    assert torch.equal(patches.amin(-1), patches.amax(-1))
+    assert torch.equal(patches[..., 0], mask.float())
     assert torch.allclose(rec["mask"].mean(), torch.tensor(cfg.mask_ratio))
 
 

@@ -326,16 +326,40 @@ def test_other_ranks_wait_for_rank0_and_share_its_results(
     t.join(timeout=30)
     assert "failed on rank 0" in str(got["error"])  # rank 1 stops instead of waiting forever
 
+    # rank 0 starts c and d only once rank 1 waits for them, so rank 1 must wait, not find
+    # them done: one outcome only
+    waiting = {name: threading.Event() for name in ("c", "d")}
+    real_wait = pipeline._wait_for_record
+
+    def wait(folder: Path, fingerprint: str, name: str, since: float) -> dict[str, Any]:
+        waiting[name].set()
+        return real_wait(folder, fingerprint, name, since)
+
+    monkeypatch.setattr(pipeline, "_wait_for_record", wait)
+
+    def gated(run: Any, event: threading.Event) -> Any:
+        def go(ctx: StageContext) -> Any:
+            assert event.wait(10), f"rank 1 never waited for {ctx.name}"
+            return run(ctx)
+
+        return go
+
+    stages = chain(rank0_calls)
+    for s in stages:
+        if s.name in waiting:
+            s.run = gated(s.run, waiting[s.name])
     got.clear()
     t = threading.Thread(target=rank1)
     t.start()
-    run_stages(chain(rank0_calls), tmp_path, rank=0)
+    outcomes0 = run_stages(stages, tmp_path, rank=0)
     t.join(timeout=30)
+    assert all(ev.is_set() for ev in waiting.values())
     assert rank1_calls.ran == []  # rank-0-only stages never run on other ranks
+    assert rank0_calls.ran[-2:] == ["c", "d"]
     done = statuses(got["outcomes"])
-    assert done["a"] == done["b"] == "skipped"
-    # c and d: waited for (ran on rank 0) or, when rank 0 was quicker, found done
-    assert {done["c"], done["d"]} <= {"ran", "skipped"}
+    assert done == {"a": "skipped", "b": "skipped", "c": "ran", "d": "ran"}
+    assert [o.reason for o in got["outcomes"] if o.status == "ran"] == ["on rank 0"] * 2
+    assert statuses(outcomes0) == done
 
 
 def test_a_downstream_run_reports_each_metric_it_names(tmp_path: Path, monkeypatch) -> None:

@@ -23,8 +23,11 @@ def test_embedded_default_trains_exports_and_resumes(tmp_path: Path) -> None:
     assert main(["pretrain", "--output", str(out), "train.max_steps=2", *FAST]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 2
+    last = results["last"]
     for key in ("loss", "mim", "mlm", "sr"):
-        assert torch.isfinite(torch.tensor(results["last"][key]))
+        assert torch.isfinite(torch.tensor(last[key])) and last[key] > 0, (key, last)
+    # the total is the three named losses with the embedded default's weights (1, 1, 1)
+    assert last["loss"] == pytest.approx(last["mim"] + last["mlm"] + last["sr"], rel=1e-4)
     assert (out / "config.yaml").is_file() and (out / "phantom" / "manifest.csv").is_file()
 
     from ecamp.models.checkpoints import load_encoder
@@ -40,6 +43,16 @@ def test_embedded_default_trains_exports_and_resumes(tmp_path: Path) -> None:
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     steps = [int(r.split(",")[0]) for r in rows[1:]]
     assert steps == sorted(set(steps)), "resumed run repeated or skipped logged steps"
+
+
+def test_loss_weights_reach_the_logged_total(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = ["pretrain", "--output", str(out), "train.max_steps=1", *FAST]
+    assert main([*argv, "model.loss_weights=[0.5,2.0,3.0]"]) == 0
+    last = json.loads((out / "results.json").read_text())["last"]
+    want = 0.5 * last["mim"] + 2.0 * last["mlm"] + 3.0 * last["sr"]
+    assert last["loss"] == pytest.approx(want, rel=1e-4), last
+    assert last["loss"] != pytest.approx(last["mim"] + last["mlm"] + last["sr"], rel=1e-2)
 
 
 def test_bad_config_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -187,7 +187,14 @@ def test_reconstruction_figure_shows_four_columns(report: Path) -> None:
 
     img = Image.open(report.parent / "figures" / "reconstructions.png")
     w, h = img.size
-    assert w > h  # 4 panels (original, masked, reconstruction, SR) x 3 images
+    # the figure is 2.4 in per panel wide and 2.5 in per image (+0.3) high at 100 dpi:
+    # exactly 4 panels (original, masked, reconstruction, SR) x the 3 images asked for
+    assert (w, h) == (4 * 240, 3 * 250 + 30)
+    # not a blank canvas: the panels hold images, not only white
+    gray = np.asarray(img.convert("L"), dtype=np.float64)
+    for c in range(4):
+        column = gray[30:, c * 240 + 40 : (c + 1) * 240 - 40]
+        assert column.std() > 10, f"panel column {c} is blank"
     assert np.asarray(img.convert("L")).std() > 10  # not a blank canvas
 
 

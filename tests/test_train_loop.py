@@ -241,11 +241,30 @@ def test_param_groups_skip_decay_on_1d_and_tokens() -> None:
     assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
 
 
+class DtypeSpy(Toy):
+    """Records, at each forward, whether autocast is on and the dtype a Linear computes in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[bool, torch.dtype]] = []
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        hidden = self.net[0](batch["x"])
+        self.seen.append((torch.is_autocast_enabled("cpu"), hidden.dtype))
+        return super().forward(batch)
+
+
 def test_bf16_autocast_on_cpu(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = DtypeSpy()
     summary = Trainer(
-        toy(), NoisyRegression(), make_cfg(precision="bf16", max_steps=3, clip_grad=1.0), tmp_path
+        model, NoisyRegression(), make_cfg(precision="bf16", max_steps=3, clip_grad=1.0), tmp_path
     ).fit()
     assert summary["steps"] == 3
+    # every training forward ran under CPU autocast: the matmuls compute in bfloat16 ...
+    assert model.seen[:3] == [(True, torch.bfloat16)] * 3
+    # ... while the master weights (and so the optimiser) stay float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
     assert 0 < summary["last"]["grad_norm"] < float("inf")
 
 

@@ -19,7 +19,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("tokenizer", "ecamp.text.tokenizer_cli"),
     ("mimic", "ecamp.data.sources.mimic_cxr"),
     ("cache", "ecamp.data.cache"),
-    ("attention", "ecamp.train.attention"),
+    ("attention", "ecamp.train.attention_cli"),
     ("pretrain", "ecamp.train.pretrain"),
     ("pretrain show", "ecamp.train.pretrain_show"),  # a two-word command: see main()
     ("export", "ecamp.train.export"),
@@ -28,6 +28,10 @@ COMMANDS: list[tuple[str, str]] = [
     ("evaluate", "ecamp.eval.cli"),
     ("report", "ecamp.viz.report"),
 ]
+
+# stages that train: on a CPU their Trainer lets glibc keep freed memory (ecamp.utils.allocator),
+# a process-wide setting that only the command line opts into, never an import of the library
+TRAINING_COMMANDS = frozenset({"run", "attention", "pretrain", "finetune"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args.command_parser.print_help(sys.stderr)
         return 2
+    if args.command in TRAINING_COMMANDS:
+        from ecamp.utils.allocator import request_keep_freed_memory
+
+        request_keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError) as e:

@@ -36,13 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ecamp.errors import DataError, UserError
 from ecamp.utils.io import atomic_write, atomic_write_bytes, atomic_write_text
 from ecamp.utils.logging import get_logger
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 log = get_logger(__name__)
@@ -83,6 +82,8 @@ def _write_index(folder: Path, index: dict) -> None:
 
 def _open_array(folder: Path, capacity: int, size: int, name: str = ARRAY_NAME) -> np.memmap:
     """Open ``name`` (images.npy) for writing with at least ``capacity`` rows (growing it)."""
+    import numpy as np
+
     path = folder / name
     if path.is_file():
         arr = np.load(path, mmap_mode="r+")
@@ -292,6 +293,8 @@ class ImageCache:
 
     def get(self, key: str) -> np.ndarray | None:
         """The (S, S) uint8 image of ``key``, or None when the cache lacks it."""
+        import numpy as np
+
         row = self.rows.get(str(key))
         if row is None:
             return None
@@ -311,6 +314,8 @@ class ImageCache:
         DCT as long as the region keeps at least ``min_side`` pixels on each side: the
         region then comes back smaller (its caller resizes it anyway).  None when absent.
         """
+        import numpy as np
+
         row = self.rows.get(str(key))
         if row is None:
             return None
@@ -347,6 +352,7 @@ class ImageCache:
         import io
         import mmap
 
+        import numpy as np
         from PIL import Image
 
         from ecamp.data.images import content_box
@@ -374,6 +380,8 @@ class ImageCache:
         return content, (top, left)
 
     def _decode(self, key: str, shard: int, offset: int, length: int) -> np.ndarray:
+        import numpy as np
+
         content, (top, left) = self._content(key, (shard, offset, length))
         nh, nw = content.shape
         if (nh, nw) == (self.size, self.size):

@@ -27,13 +27,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ecamp.errors import DataError, UserError
 from ecamp.utils import tables
 from ecamp.utils.io import atomic_write
 from ecamp.utils.logging import get_logger
+
+if TYPE_CHECKING:  # heavy: imported where used, so `ecamp --help` stays fast
+    import pandas as pd
 
 log = get_logger(__name__)
 

@@ -29,11 +29,24 @@ from ecamp.models.dropout import bert_attention, replace_dropout
 
 IGNORE_INDEX = -100
 ATTENTION = "ecamp"  # transformers' name for :func:`ecamp.models.dropout.bert_attention`
-AttentionInterface.register(ATTENTION, bert_attention)
+
+
+def register_attention() -> str:
+    """Register :func:`~ecamp.models.dropout.bert_attention` in transformers' (process-wide)
+    attention registry under :data:`ATTENTION`, and return that name.
+
+    Called when a config that names it is built (:func:`bert_config`), never on import, so
+    importing ecamp leaves transformers' registry alone.  Idempotent.
+    """
+    if AttentionInterface._global_mapping.get(ATTENTION) is not bert_attention:
+        AttentionInterface.register(ATTENTION, bert_attention)
+    return ATTENTION
 
 
 def bert_config(cfg: ModelConfig) -> BertConfig:
-    """The BERT configuration of the text decoder (release: 6 layers, 768 wide, 6 heads)."""
+    """The BERT configuration of the text decoder (release: 6 layers, 768 wide, 6 heads);
+    registers its attention function (:func:`register_attention`)."""
+    register_attention()
     return BertConfig(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.text_width,

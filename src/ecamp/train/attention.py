@@ -28,7 +28,6 @@ them.  ``export.pool=all`` stores one map per image (the mean of its entity word
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from dataclasses import dataclass, field
@@ -44,11 +43,13 @@ from torch.utils.data import Dataset
 from ecamp.config import TrainConfig, apply_overrides, from_dict, read_yaml
 from ecamp.errors import DataError, UserError
 from ecamp.models.gloria import GLORIA_PRESETS, GloriaConfig
+
+# the parser lives apart so that `ecamp --help` does not import torch; re-exported here
+from ecamp.train.attention_cli import HELP, add_arguments  # noqa: F401
 from ecamp.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-HELP = "GLoRIA entity attention maps for the super-resolution guidance (train / export / show)"
 MODEL_FILE = "gloria.safetensors"
 CONFIG_FILE = "config.yaml"
 
@@ -318,8 +319,10 @@ class GloriaCollator:
 
 
 def load_manifest(cfg: AttentionConfig, output: Path | None) -> pd.DataFrame:
-    """The manifest ``data.manifest`` names, or a phantom world generated under ``output``."""
+    """The manifest ``data.manifest`` names, or a phantom world generated under ``output``
+    (by rank 0 only, the other ranks of a process group waiting for it)."""
     from ecamp.data.manifest import read_table, validate_pretrain
+    from ecamp.train import distributed as du
 
     path = cfg.data.manifest
     if not path:
@@ -329,13 +332,14 @@ def load_manifest(cfg: AttentionConfig, output: Path | None) -> pd.DataFrame:
 
         folder = output / "phantom"
         path = str(folder / "manifest.csv")
-        if not Path(path).is_file():
+        if du.is_main() and not Path(path).is_file():
             log.info(
                 "no data.manifest: writing a phantom world of %d images to %s",
                 cfg.data.synthetic_n,
                 folder,
             )
             make_phantom_world(folder, n=cfg.data.synthetic_n, seed=cfg.data.synthetic_seed)
+        du.barrier()
     df = read_table(path)
     out = validate_pretrain(df, str(path), bad_rows=cfg.data.bad_rows)
     out.attrs["source"] = str(Path(path).resolve())
@@ -557,6 +561,7 @@ def train(cfg: AttentionConfig, output: str | Path, evaluate: bool = True) -> di
 
     out = Path(output)
     resolve_text_init(cfg.model, cfg.data)  # checks both files first; BERT sizes + tokenizer
+    du.init_distributed(cfg.train.device)  # before the rank-0-only phantom world is written
     df = load_manifest(cfg, out)
     train_df = select_splits(df, cfg.data.splits)
     if train_df.empty:
@@ -753,118 +758,6 @@ def show(
         ents = set(store.entities(key))
         draw.append([b for b in box_of.get(key, []) if b[4] in ents])
     return overlay_grid(images, maps, titles, output, boxes=draw, cols=cols)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ecamp.utils.cliargs import add_config_args
-
-    sub = parser.add_subparsers(dest="attention_command", metavar="SUBCOMMAND")
-    p = sub.add_parser(
-        "train",
-        help="train GLoRIA on (image, distilled report) pairs",
-        description="Train GLoRIA on (image, distilled report) pairs of data.manifest (empty: a "
-        "phantom world). Writes config.yaml, checkpoints/, metrics.csv and gloria.safetensors; "
-        "rerunning resumes. Try: ecamp attention train -o runs/gloria model.preset=tiny train.max_steps=300",
-    )
-    add_config_args(p, default_output="runs/attention")
-    p.set_defaults(func=_run_train)
-
-    p = sub.add_parser(
-        "export",
-        help="write entity attention maps + windows for every image (SR guidance)",
-        description="Run a trained GLoRIA over the manifest and write the guidance folder read by "
-        "`ecamp pretrain data.guidance=DIR` (maps for model.sr_guidance=map, windows for window). "
-        "Finished shards are kept when rerun.",
-    )
-    p.add_argument(
-        "--model",
-        "-m",
-        required=True,
-        metavar="DIR",
-        help="output folder of `ecamp attention train`",
-    )
-    p.add_argument(
-        "--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)"
-    )
-    add_config_args(p, default_output="runs/guidance")
-    p.set_defaults(func=_run_export)
-
-    p = sub.add_parser(
-        "show",
-        help="overlay GLoRIA's attention maps on their images (PNG grid; the paper's "
-        "Figure 4 is `ecamp pretrain show`)",
-        description="Draw exported maps over their images, titled with the entity sentences; "
-        "lesion boxes of the manifest (if any) in red.",
-    )
-    p.add_argument(
-        "--guidance", "-g", required=True, metavar="DIR", help="folder of `ecamp attention export`"
-    )
-    p.add_argument(
-        "--manifest",
-        metavar="FILE",
-        help="manifest of the images (default: the one the export used)",
-    )
-    p.add_argument(
-        "--ids",
-        nargs="+",
-        metavar="ID",
-        help="image ids to show (default: the first --n with a map)",
-    )
-    p.add_argument(
-        "--n", type=int, default=8, help="number of images when --ids is not given (default: 8)"
-    )
-    p.add_argument("--cols", type=int, default=4, help="images per row (default: 4)")
-    p.add_argument(
-        "--output",
-        "-o",
-        default="attention.png",
-        metavar="PNG",
-        help="PNG to write (default: attention.png)",
-    )
-    p.set_defaults(func=_run_show)
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    from ecamp.utils.logging import setup_logging
-
-    cfg = load_attention_config(args.config, args.overrides)
-    out = Path(args.output)
-    setup_logging(out)
-    summary = train(cfg, out)
-    print(
-        json.dumps(
-            {
-                "output": str(out),
-                "model": str(out / MODEL_FILE),
-                "last_eval": summary.get("last_eval", {}),
-            }
-        )
-    )
-    return 0
-
-
-def _run_export(args: argparse.Namespace) -> int:
-    from ecamp.utils.logging import setup_logging
-
-    folder = Path(args.model)
-    base = read_yaml(args.config) if args.config else read_yaml(folder / CONFIG_FILE)
-    cfg = attention_config(apply_overrides(base, list(args.overrides or [])))
-    out = Path(args.output)
-    setup_logging(out)
-    model, cfg = load_trained(folder, cfg)
-    df = select_splits(load_manifest(cfg, None), cfg.export.splits)
-    export(model, cfg, df, out, device=args.device)
-    print(json.dumps({"output": str(out), "images": len(df)}))
-    return 0
-
-
-def _run_show(args: argparse.Namespace) -> int:
-    path = show(args.guidance, args.output, args.manifest, args.ids, args.n, args.cols)
-    print(path)
-    return 0
 
 
 __all__ = [

@@ -48,7 +48,7 @@ from ecamp.train.checkpoint import (
 )
 from ecamp.train.metrics_log import MetricsLogger, open_tensorboard
 from ecamp.train.schedule import WarmupCosine, schedule_horizon
-from ecamp.utils.allocator import keep_freed_memory
+from ecamp.utils.allocator import apply_if_requested
 from ecamp.utils.io import atomic_write_text
 from ecamp.utils.logging import get_logger
 from ecamp.utils.secrets import mask_secrets
@@ -358,8 +358,9 @@ class Trainer:
         np.random.seed(seed & 0xFFFFFFFF)
         torch.manual_seed(seed)
 
-        if self.device.type == "cpu":
-            keep_freed_memory()  # no page faults on re-allocated gradients (utils/allocator)
+        # no page faults on re-allocated CPU gradients; process-wide, so only when the ecamp CLI
+        # (or the caller) opted in (utils/allocator)
+        apply_if_requested(self.device.type)
         self.model = model.to(self.device)
         self.fingerprint = model_fingerprint(self.model)
         groups = (

@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ecamp.errors import UserError
 from ecamp.utils.logging import get_logger
+
+if TYPE_CHECKING:  # heavy: imported where used, so `ecamp --help` stays fast
+    import numpy as np
 
 log = get_logger(__name__)
 
@@ -39,6 +40,8 @@ JSON_NAME = "mscf_attention.json"
 
 def box_mask(boxes: list[list[Any]], kind: str, hw: tuple[int, int]) -> np.ndarray:
     """(H, W) bool: the union of the ``[x1, y1, x2, y2, class]`` boxes of class ``kind``."""
+    import numpy as np
+
     m = np.zeros(hw, dtype=bool)
     for x1, y1, x2, y2, k in boxes:
         if k == kind:
@@ -52,6 +55,8 @@ def box_attention(attn: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     ``mass_in_box`` = sum inside / sum overall; ``uniform`` = mask area / image area (the
     share a flat map would put inside); ``ratio`` = their quotient (1 = no better than flat).
     """
+    import numpy as np
+
     a = np.clip(np.asarray(attn, dtype=np.float64), 0.0, None)
     m = np.asarray(mask, dtype=bool)
     if a.shape != m.shape:
@@ -67,6 +72,8 @@ def box_attention(attn: np.ndarray, mask: np.ndarray) -> dict[str, float]:
 def summarise(pairs: list[dict[str, Any]]) -> dict[str, Any]:
     """Means over (image, entity) pairs: ``mass_in_box``, ``uniform``, ``ratio`` (of the
     means), ``ratio_per_lesion`` (mean of the pairs' ratios), ``n`` and ``per_entity``."""
+    import numpy as np
+
     scored = [p for p in pairs if "mass_in_box" in p]
     if not scored:
         nan = float("nan")
@@ -125,6 +132,8 @@ def _run_manifest(run: Path, cfg: dict[str, Any], manifest: str | None) -> str:
 
 
 def _held_out_first(df: Any) -> Any:
+    import numpy as np
+
     if "split" not in df.columns:
         return df
     order = {"test": 0, "validate": 1, "val": 1, "train": 2}

@@ -11,7 +11,10 @@ allocations take a freed block's alignment slack, the next block of that size no
 and the heap grows instead.
 
 Only CPU training gains from this (a GPU step allocates little host memory), and it is a no-op
-where the C library is not glibc.
+where the C library is not glibc.  It changes the whole process, so it is opt-in: the ``ecamp``
+command line asks for it for its training stages (:func:`request_keep_freed_memory`) and
+:class:`ecamp.train.loop.Trainer` then applies it on a CPU (:func:`apply_if_requested`); a
+library user who builds a Trainer keeps the C library's settings unless they ask the same.
 """
 
 from __future__ import annotations
@@ -28,6 +31,22 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
 _applied = False
+_requested = False
+
+
+def request_keep_freed_memory(requested: bool = True) -> None:
+    """Opt this process in (or out): a CPU :class:`~ecamp.train.loop.Trainer` built after this
+    calls :func:`keep_freed_memory`.  The ``ecamp`` CLI calls it for its training stages."""
+    global _requested
+    _requested = requested
+
+
+def apply_if_requested(device_type: str) -> bool:
+    """:func:`keep_freed_memory` when this process opted in and trains on ``device_type`` "cpu";
+    True when the thresholds are in effect."""
+    if not _requested or device_type != "cpu":
+        return False
+    return keep_freed_memory()
 
 
 def keep_freed_memory(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**31 - 1) -> bool:

@@ -12,11 +12,12 @@ import gzip
 import json
 import zlib
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from ecamp.errors import DataError
+
+if TYPE_CHECKING:  # heavy: imported where used, so `ecamp --help` stays fast
+    import pandas as pd
 
 # what pandas / the csv module / gzip raise for a file that is not a readable table
 _READ_ERRORS = (
@@ -63,6 +64,8 @@ def _not_utf8(path: Path, e: UnicodeDecodeError | None = None) -> DataError:
 
 def read_csv(path: str | Path, sep: str = ",", what: str = "table", **kwargs: Any) -> pd.DataFrame:
     """``pandas.read_csv`` whose failures are DataErrors naming the file and line."""
+    import pandas as pd
+
     p = Path(path)
     try:
         return pd.read_csv(p, sep=sep, **kwargs)
@@ -77,6 +80,8 @@ def read_csv(path: str | Path, sep: str = ",", what: str = "table", **kwargs: An
 
 def read_jsonl(path: str | Path, what: str = "table") -> pd.DataFrame:
     """One JSON object per line (blank lines skipped); a bad line is named by its number."""
+    import pandas as pd
+
     p = Path(path)
     records: list[dict[str, Any]] = []
     try:
@@ -112,6 +117,8 @@ def read_jsonl(path: str | Path, what: str = "table") -> pd.DataFrame:
 
 def read_json(path: str | Path, what: str = "table") -> pd.DataFrame:
     """A ``.json`` file: a list of objects, or (as ``ecamp distill`` writes) JSON lines."""
+    import pandas as pd
+
     p = Path(path)
     try:
         data = json.loads(p.read_bytes().decode("utf-8"))
@@ -130,6 +137,8 @@ def read_json(path: str | Path, what: str = "table") -> pd.DataFrame:
 
 def read_parquet(path: str | Path, what: str = "table") -> pd.DataFrame:
     """``pandas.read_parquet``; a damaged file is a DataError naming it."""
+    import pandas as pd
+
     p = Path(path)
     try:
         return pd.read_parquet(p)

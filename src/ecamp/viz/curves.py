@@ -9,11 +9,12 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ecamp.errors import DataError
+
+if TYPE_CHECKING:  # heavy: imported where used, so `ecamp --help` stays fast
+    import pandas as pd
 
 METRIC_FILES = ("metrics.csv", "eval.csv")
 # bookkeeping columns: not curves
@@ -35,6 +36,8 @@ def find_metric_files(folder: str | Path) -> list[Path]:
 
 def read_metrics(path: str | Path) -> pd.DataFrame:
     """The numeric columns of a metrics CSV, sorted by step (later rows win on duplicate steps)."""
+    import pandas as pd
+
     p = Path(path)
     try:
         df = pd.read_csv(p)
@@ -48,11 +51,14 @@ def read_metrics(path: str | Path) -> pd.DataFrame:
 
 def curve_columns(df: pd.DataFrame) -> list[str]:
     """Columns worth a panel: numeric, not bookkeeping, with at least one finite value."""
+    import numpy as np
+
     return [c for c in df.columns if c not in _SKIP and np.isfinite(df[c].to_numpy(float)).any()]
 
 
 def curves_png(df: pd.DataFrame, title: str, cols: int = 4, panel_inches: float = 2.6) -> bytes:
     """PNG bytes of one panel per curve column (empty figure text when there is none)."""
+    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -21,16 +21,16 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from ecamp.errors import UserError
 from ecamp.utils.io import atomic_write_bytes, atomic_write_text
 from ecamp.utils.logging import get_logger
 from ecamp.utils.secrets import mask_secrets
 from ecamp.viz.curves import curves_png, find_metric_files, read_metrics
+
+if TYPE_CHECKING:  # heavy: imported where used, so `ecamp --help` stays fast
+    import numpy as np
 
 log = get_logger(__name__)
 
@@ -63,6 +63,7 @@ def _num(v: Any) -> float:
 
 def results_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
     """Grouped bars: each (task, metric), pre-trained vs random init."""
+    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -117,6 +118,8 @@ def _sample_images(
     manifest: str, image_root: str, n: int, size: int
 ) -> tuple[list[str], np.ndarray]:
     """``n`` images (test split first) as (n, size, size) floats in [0, 1]."""
+    import numpy as np
+
     from ecamp.data.images import load_image_resized
     from ecamp.data.manifest import read_table, resolve_image
 
@@ -134,6 +137,7 @@ def reconstruction_png(
     ckpt_dir: str | Path, manifest: str, image_root: str = "", n: int = 4, seed: int = 0
 ) -> bytes:
     """Rows of (original, masked input, reconstruction, super-resolved output) of the ECAMP model."""
+    import numpy as np
     import torch
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -268,6 +272,8 @@ def build_report(
     ``rows`` of downstream results, ``guidance`` of the attention stage, ``checkpoints``
     and ``manifest`` of the pre-training stage.
     """
+    import yaml
+
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rep = _Report(out_dir)
@@ -431,6 +437,7 @@ HELP = "the report of several `ecamp run` folders (world seeds): deltas with err
 
 def seeds_png(stats: Mapping[tuple[str, str], Any]) -> bytes:
     """Per (task, metric): the mean delta (bar), +-2 SE (error bar) and each seed's delta (dots)."""
+    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -490,6 +497,8 @@ def _seeds_table_html(stats: Mapping[tuple[str, str], Any], seeds: Sequence[str]
 
 def seed_label(run_dir: str | Path) -> str:
     """A run's world seed (``data.synthetic_seed`` of its ``pipeline.yaml``), else its folder name."""
+    import yaml
+
     path = Path(run_dir) / "pipeline.yaml"
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

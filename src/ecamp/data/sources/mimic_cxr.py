@@ -19,14 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from ecamp.data.manifest import normalize_split, require_columns
 from ecamp.errors import UserError
 from ecamp.text.sections import report_text
 from ecamp.utils.logging import get_logger
+
+if TYPE_CHECKING:  # heavy: imported where used, so `ecamp --help` stays fast
+    import pandas as pd
 
 log = get_logger(__name__)
 
@@ -41,6 +42,8 @@ def study_dir(subject_id: int | str, study_id: int | str) -> str:
 
 
 def _read_csv(path: Path, what: str) -> pd.DataFrame:
+    import pandas as pd
+
     if not path.is_file():
         raise UserError(f"MIMIC-CXR {what} table {path} does not exist")
     df = pd.read_csv(path, dtype=str)
@@ -61,6 +64,8 @@ def build_mimic_manifest(
     ``views=None`` (default) keeps every view, as the paper; ``check_images`` drops (and counts) rows whose JPEG is
     missing.  Extra columns: ``subject_id`` and, with metadata, ``view``.
     """
+    import pandas as pd
+
     jpg_root, reports_root = Path(jpg_root), Path(reports_root)
     split = _read_csv(Path(split_csv), "split")
     require_columns(split, ("dicom_id", "study_id", "subject_id", "split"))
