@@ -594,11 +594,12 @@ class Trainer:
             self.model.train(was_training)
             self.last_eval = metrics
             self.eval_log.log({"step": self.step, "epoch": self.epoch, **metrics})
-            log.info(
-                "epoch %d eval: %s",
-                self.epoch,
-                ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
-            )
+            if any(math.isfinite(v) for v in metrics.values()):  # all-NaN: validation skipped
+                log.info(
+                    "epoch %d eval: %s",
+                    self.epoch,
+                    ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
+                )
             if self.best_metric:
                 if self.best_metric not in metrics:
                     raise UserError(
