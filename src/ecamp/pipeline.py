@@ -494,13 +494,14 @@ def results_table(rows: Sequence[dict[str, Any]]) -> str:
     keyed = pivot_results(rows)
     if not keyed:
         return "(no downstream results)"
-    head = f"{'task':<24} {'metric':<8} {'pretrained':>10} {'random':>10} {'delta':>8}"
+    mw = max(8, *(len(m) for _, m in keyed))
+    head = f"{'task':<24} {'metric':<{mw}} {'pretrained':>10} {'random':>10} {'delta':>8}"
     lines = [head, "-" * len(head)]
     for (task, metric), v in keyed.items():
         pre, rnd = v.get("pretrained"), v.get("random")
         cell = lambda x: f"{x:10.4f}" if x is not None else f"{'-':>10}"  # noqa: E731
         delta = f"{pre - rnd:+8.4f}" if pre is not None and rnd is not None else f"{'-':>8}"
-        lines.append(f"{task:<24} {metric:<8} {cell(pre)} {cell(rnd)} {delta}")
+        lines.append(f"{task:<24} {metric:<{mw}} {cell(pre)} {cell(rnd)} {delta}")
     return "\n".join(lines)
 
 
