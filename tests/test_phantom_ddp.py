@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
+from helpers import set_ddp_env
+
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
+    set_ddp_env(rank, world, port)
     torch.set_num_threads(1)
     import ecamp.data.synthetic as synthetic
     from ecamp.train import distributed as du

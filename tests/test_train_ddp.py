@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from ecamp.config import TrainConfig
 from ecamp.train import distributed as du
 from ecamp.train.checkpoint import load_checkpoint
 from ecamp.train.loop import Trainer
+from helpers import set_ddp_env
 
 
 class Regression(Dataset):
@@ -62,13 +62,7 @@ def _cfg(batch_size: int, accum: int) -> TrainConfig:
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
+    set_ddp_env(rank, world, port)
     torch.set_num_threads(1)
     torch.manual_seed(rank)  # different inits: DDP must broadcast rank 0's
     try:
