@@ -291,6 +291,14 @@ class ImageCache:
     def __contains__(self, key: object) -> bool:
         return str(key) in self.rows
 
+    def _array(self) -> np.ndarray:
+        """The npy cache's array, memory-mapped on first use (in each loader worker)."""
+        import numpy as np
+
+        if self._arr is None:
+            self._arr = np.load(self.folder / ARRAY_NAME, mmap_mode="r")
+        return self._arr
+
     def get(self, key: str) -> np.ndarray | None:
         """The (S, S) uint8 image of ``key``, or None when the cache lacks it."""
         import numpy as np
@@ -299,9 +307,7 @@ class ImageCache:
         if row is None:
             return None
         if self.format == "npy":
-            if self._arr is None:
-                self._arr = np.load(self.folder / ARRAY_NAME, mmap_mode="r")
-            return np.array(self._arr[row])  # a private, writable copy (S*S bytes)
+            return np.array(self._array()[row])  # a private, writable copy (S*S bytes)
         return self._decode(str(key), int(row[0]), int(row[1]), int(row[2]))
 
     def get_region(
@@ -320,9 +326,7 @@ class ImageCache:
         if row is None:
             return None
         if self.format == "npy":
-            if self._arr is None:
-                self._arr = np.load(self.folder / ARRAY_NAME, mmap_mode="r")
-            return np.array(self._arr[row, top : top + height, left : left + width])
+            return np.array(self._array()[row, top : top + height, left : left + width])
         need = max(min_side / height, min_side / width) if min_side else 1.0
         content, (top0, left0) = self._content(str(key), row, need)
         nh, nw = self._content_size(str(key))
