@@ -199,3 +199,23 @@ def test_param_groups_layer_decay():
     )
     n = sum(p.numel() for g in groups for p in g["params"])
     assert n == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("kind", ["cls", "seg", "det"])
+def test_layer_decay_groups_decay_exactly_what_the_plain_groups_decay(kind: str) -> None:
+    from ecamp.models.params import param_groups
+
+    enc = tiny_vit(depth=2)
+    model = {
+        "cls": lambda: ClassificationModel(enc, 2),
+        "seg": lambda: SegmentationModel(enc),
+        "det": lambda: DetectionModel(enc),
+    }[kind]()
+    plain = {id(p): g["weight_decay"] for g in param_groups(model, 0.05) for p in g["params"]}
+    lrd = {
+        id(p): g["weight_decay"]
+        for g in param_groups_lrd(model, lr=1.0, weight_decay=0.05, layer_decay=0.5)
+        for p in g["params"]
+    }
+    assert plain == lrd
+    assert plain[id(model.encoder.cls_token)] == 0.0 and plain[id(model.encoder.pos_embed)] == 0.0

@@ -16,8 +16,9 @@ from torch.utils.data import Dataset
 
 from ecamp.config import TrainConfig
 from ecamp.errors import UserError
+from ecamp.models.params import param_groups as default_param_groups
 from ecamp.train.checkpoint import load_checkpoint
-from ecamp.train.loop import Trainer, default_param_groups
+from ecamp.train.loop import Trainer
 
 
 class NoisyRegression(Dataset):

@@ -12,7 +12,8 @@ Batches are dicts (see :mod:`ecamp.data.downstream`): ``image`` (B,3,S,S) and, a
 needs, ``label``, ``mask`` (B,1,S,S), ``boxes`` (B,G,4, resized pixels, zero-padded) with
 ``num_boxes`` (B,) and ``orig_size`` (B,2 = H,W).  ``forward(batch)`` returns a dict with
 ``loss`` (when targets are present) and the raw outputs; ``predict(batch)`` what the metrics
-take.  :func:`param_groups_lrd` builds layer-wise lr-decay parameter groups.
+take.  :func:`param_groups_lrd` (from :mod:`ecamp.models.params`) builds layer-wise lr-decay
+parameter groups.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import nn
 from torchvision.ops import batched_nms, box_iou
 
 from ecamp.errors import UserError
+from ecamp.models.params import param_groups_lrd
 
 # YOLOv3's COCO anchors (w, h) at 416 px, small to large; scaled to the input size
 YOLO_ANCHORS_416 = (
@@ -542,59 +544,6 @@ class DetectionModel(_EncoderMixin):
             factor = torch.stack([w / w_in, h / h_in, w / w_in, h / h_in])
             out.append((b * factor, s))
         return out
-
-
-# --------------------------------------------------------------------------- optimiser groups
-
-
-def _layer_id(name: str, num_layers: int) -> int:
-    """0 for the embeddings, i+1 for block i, num_layers+1 for everything above the blocks."""
-    if name.startswith("encoder."):
-        rest = name[len("encoder.") :]
-        if rest.startswith(("cls_token", "pos_embed", "patch_embed", "reg_token", "mask_token")):
-            return 0
-        if rest.startswith("blocks."):
-            return int(rest.split(".")[1]) + 1
-    return num_layers + 1
-
-
-def param_groups_lrd(
-    model: nn.Module,
-    lr: float,
-    weight_decay: float = 0.05,
-    layer_decay: float = 0.75,
-    no_weight_decay: tuple[str, ...] = ("pos_embed", "cls_token"),
-) -> list[dict]:
-    """Parameter groups with layer-wise lr decay (BEiT / MAE fine-tuning).
-
-    ``model.encoder`` is the ViT; a parameter in block i gets ``lr * layer_decay ** (L + 1 - (i + 1))``
-    (embeddings the smallest, the task head ``lr``).  Biases, norms and ``no_weight_decay`` names
-    get no weight decay.  Each group carries ``lr_scale`` too, for schedulers that rescale.
-    """
-    encoder = getattr(model, "encoder", None)
-    if encoder is None or not hasattr(encoder, "blocks"):
-        raise UserError("param_groups_lrd needs a model with a ViT `.encoder` (with .blocks)")
-    num_layers = len(encoder.blocks)
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        no_decay = p.ndim == 1 or any(
-            k in name.split(".")[-1] or name.endswith(k) for k in no_weight_decay
-        )
-        lid = _layer_id(name, num_layers)
-        scale = layer_decay ** (num_layers + 1 - lid)
-        g = groups.setdefault(
-            (lid, no_decay),
-            {
-                "params": [],
-                "weight_decay": 0.0 if no_decay else weight_decay,
-                "lr": lr * scale,
-                "lr_scale": scale,
-            },
-        )
-        g["params"].append(p)
-    return [groups[k] for k in sorted(groups)]
 
 
 def num_parameters(model: nn.Module, trainable: bool = True) -> int:

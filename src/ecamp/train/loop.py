@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ecamp.config import TrainConfig, to_dict
 from ecamp.errors import UserError
+from ecamp.models.params import param_groups as default_param_groups
 from ecamp.train import distributed as du
 from ecamp.train.checkpoint import (
     CKPT_FORMAT,
@@ -227,32 +228,6 @@ def batch_length(batch: Any) -> int | None:
         if n is not None:
             return n
     return None
-
-
-_NO_DECAY_NAMES = ("pos_embed", "token", "position_embedding")
-
-
-def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no decay on biases, norms and other 1-D params, positional embeddings
-    and special tokens (plus whatever ``model.no_weight_decay()`` names, timm-style)."""
-    skip: set[str] = set()
-    named = getattr(model, "no_weight_decay", None)
-    if callable(named):
-        skip = set(named())
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if p.ndim <= 1 or name in skip or any(k in leaf for k in _NO_DECAY_NAMES):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
