@@ -449,6 +449,9 @@ def default_stages(cfg: dict[str, Any]) -> list[Stage]:
     return stages
 
 
+# --------------------------------------------------------------------------- results
+
+
 def results_table(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table: one line per (task, metric), pre-trained vs random init."""
     from ecamp.eval.results import pivot_results

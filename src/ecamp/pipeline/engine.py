@@ -465,7 +465,8 @@ def collect_rows(stages: Sequence[Stage], run_dir: Path) -> list[dict[str, Any]]
 
 
 def plan(stages: Sequence[Stage], run_dir: Path) -> list[tuple[str, str]]:
-    """(stage, state) for ``--list``: done | will run | disabled | placeholder (...)."""
+    """(stage, state) without running anything (``--list``): done | will run | disabled |
+    placeholder (...)."""
     check_stages(stages)
     fps = fingerprints(stages)
     out = []
