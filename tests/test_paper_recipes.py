@@ -62,7 +62,8 @@ def test_seg_det_recipes_follow_the_release_scripts(run):
 
 
 def test_paper_pipeline_finetunes_with_the_per_dataset_recipes(monkeypatch):
-    from ecamp.pipeline import _finetune_cfg, default_stages, load_pipeline
+    from ecamp.pipeline import default_stages, load_pipeline
+    from ecamp.pipeline.ecamp_stages import _finetune_cfg
 
     monkeypatch.chdir(REPO)  # the pipeline names its recipes relative to the repository
     runs = read_yaml(REPO / "configs/paper/pipeline_mimic.yaml")["finetune"]["runs"]

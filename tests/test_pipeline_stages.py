@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ecamp.data.manifest import rebase_paths
 from ecamp.errors import UserError
 from ecamp.pipeline import (
     RECORD,
@@ -17,7 +18,6 @@ from ecamp.pipeline import (
     collect_rows,
     default_stages,
     load_pipeline,
-    rebase_paths,
     results_table,
     run_stages,
 )
@@ -267,8 +267,8 @@ def test_rebase_paths_keeps_images_reachable(tmp_path: Path) -> None:
 def test_cli_writes_results_json_and_prints_the_table(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ecamp import pipeline
     from ecamp.cli import main
+    from ecamp.pipeline import cli as pipeline_cli
 
     def fake_stages(cfg: dict[str, Any]) -> list[Stage]:
         value = float(cfg["pretrain"]["train"]["epochs"]) / 10
@@ -283,7 +283,7 @@ def test_cli_writes_results_json_and_prints_the_table(
             Stage("ft.random", lambda ctx: row("random", 0.25)),
         ]
 
-    monkeypatch.setattr(pipeline, "default_stages", fake_stages)
+    monkeypatch.setattr(pipeline_cli, "default_stages", fake_stages)
     out = tmp_path / "run"
     assert main(["run", "--output", str(out), "pretrain.train.epochs=5"]) == 0
     assert json.loads((out / "results.json").read_text()) == [
@@ -307,9 +307,9 @@ def test_other_ranks_wait_for_rank0_and_share_its_results(
 ) -> None:
     import threading
 
-    from ecamp import pipeline
+    from ecamp.pipeline import engine
 
-    monkeypatch.setattr(pipeline, "WAIT_POLL_S", 0.01)
+    monkeypatch.setattr(engine, "WAIT_POLL_S", 0.01)
     rank1_calls, rank0_calls = Calls(), Calls(fail_once=("c",))
     got: dict[str, Any] = {}
 
@@ -329,13 +329,13 @@ def test_other_ranks_wait_for_rank0_and_share_its_results(
     # rank 0 starts c and d only once rank 1 waits for them, so rank 1 must wait, not find
     # them done: one outcome only
     waiting = {name: threading.Event() for name in ("c", "d")}
-    real_wait = pipeline._wait_for_record
+    real_wait = engine._wait_for_record
 
     def wait(folder: Path, fingerprint: str, name: str, since: float) -> dict[str, Any]:
         waiting[name].set()
         return real_wait(folder, fingerprint, name, since)
 
-    monkeypatch.setattr(pipeline, "_wait_for_record", wait)
+    monkeypatch.setattr(engine, "_wait_for_record", wait)
 
     def gated(run: Any, event: threading.Event) -> Any:
         def go(ctx: StageContext) -> Any:
@@ -364,7 +364,7 @@ def test_other_ranks_wait_for_rank0_and_share_its_results(
 
 def test_a_downstream_run_reports_each_metric_it_names(tmp_path: Path, monkeypatch) -> None:
     import ecamp.train.finetune as ft
-    from ecamp.pipeline import _finetune_run
+    from ecamp.pipeline.ecamp_stages import _finetune_run
 
     res = {"metric": "map", "value": 0.0, "metrics": {"map": 0.0, "map_coco": 0.09}}
     monkeypatch.setattr(ft, "finetune", lambda cfg, out: res)

@@ -45,7 +45,7 @@ def _fake_run(root: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
     mcfg = model_config("tiny")
     model = ECAMPModel(mcfg)
     pre = run / "pretrain"
-    CheckpointDir(pre / "checkpoints").save(
+    checkpoint = CheckpointDir(pre / "checkpoints").save(
         {
             "model": model.state_dict(),
             "config": {"model": to_dict(mcfg), "data": to_dict(DataConfig())},
@@ -109,6 +109,7 @@ def _fake_run(root: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
         "attention": {"guidance": str(guidance), "manifest": str(manifest)},
         "pretrain": {
             "checkpoints": str(pre / "checkpoints"),
+            "checkpoint": str(checkpoint),
             "manifest": str(manifest),
             "image_root": "",
         },
@@ -276,9 +277,9 @@ SEED_VALUES[2] = ((0.69, 0.58), (0.44, 0.41))
 def _seed_runs(root: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Three finished `ecamp run` folders (seconds): the real runner and CLI with fake stages
     whose values depend on data.synthetic_seed, as the phantom world's do."""
-    from ecamp import pipeline
     from ecamp.cli import main
     from ecamp.pipeline import Stage
+    from ecamp.pipeline import cli as pipeline_cli
 
     def fake_stages(cfg: dict[str, Any]) -> list[Stage]:
         (lp, seg) = SEED_VALUES[int(cfg["data"]["synthetic_seed"])]
@@ -294,7 +295,7 @@ def _seed_runs(root: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
             stage("segmentation", "dice", "random", seg[1]),
         ]
 
-    monkeypatch.setattr(pipeline, "default_stages", fake_stages)
+    monkeypatch.setattr(pipeline_cli, "default_stages", fake_stages)
     runs = []
     for seed in SEED_VALUES:
         out = root / f"seed{seed}"

@@ -13,7 +13,7 @@ import sys
 
 # (command, module) in the order a user meets them; a module may register sub-commands itself
 COMMANDS: list[tuple[str, str]] = [
-    ("run", "ecamp.pipeline"),
+    ("run", "ecamp.pipeline.cli"),
     ("distill", "ecamp.distill.cli"),
     ("text", "ecamp.text.cli"),
     ("tokenizer", "ecamp.text.tokenizer_cli"),

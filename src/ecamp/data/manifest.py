@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ecamp.errors import DataError, UserError
 from ecamp.utils import tables
@@ -192,3 +192,30 @@ def resolve_image(image: str, root: str | Path | None) -> Path:
     if p.is_absolute() or not root:
         return p
     return Path(root) / p
+
+
+PATH_COLUMNS = ("image", "mask", "mask_classes")
+
+
+def rebase_paths(manifest: str | Path, old_root: str | Path, run_dir: Path) -> None:
+    """Rewrite the relative path columns of a manifest copied away from its images.
+
+    Paths inside the run directory become relative to the manifest's new folder (the run
+    directory can move as a whole); paths outside it become absolute.
+    """
+    import os
+
+    path = Path(manifest)
+    df = read_table(path)
+    new_root, run = path.parent.resolve(), run_dir.resolve()
+
+    def rebase(p: Any) -> Any:
+        if not isinstance(p, str) or not p or Path(p).is_absolute():
+            return p
+        target = (Path(old_root) / p).resolve()
+        return os.path.relpath(target, new_root) if target.is_relative_to(run) else str(target)
+
+    for col in PATH_COLUMNS:
+        if col in df.columns:
+            df[col] = df[col].map(rebase)
+    write_table(df, path)

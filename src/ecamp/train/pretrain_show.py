@@ -246,6 +246,7 @@ def show(
     JSON's content.
     """
     from ecamp.data.manifest import read_table
+    from ecamp.train.checkpoint import CheckpointDir
     from ecamp.train.distributed import resolve_device
     from ecamp.viz.overlays import overlay_grid
     from ecamp.viz.report import load_ecamp_checkpoint
@@ -254,7 +255,10 @@ def show(
     if n < 1 or eval_images < 1:
         raise UserError("--n and --eval-images must be at least 1")
     ckpt = run / "checkpoints" if (run / "checkpoints").is_dir() else run
-    model, cfg = load_ecamp_checkpoint(ckpt)
+    newest = CheckpointDir(ckpt).latest() if ckpt.is_dir() else ckpt
+    if newest is None:
+        raise UserError(f"{ckpt}: no pre-training checkpoint")
+    model, cfg = load_ecamp_checkpoint(newest)
     dev = resolve_device(device)
     model = model.to(dev)
     source = _run_manifest(run, cfg, manifest)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ecamp.errors import UserError
 from ecamp.utils.io import atomic_write_bytes, atomic_write_text
 from ecamp.utils.logging import get_logger
+from ecamp.utils.records import RECORD
 from ecamp.utils.secrets import mask_secrets
 from ecamp.viz.curves import curves_png, find_metric_files, read_metrics
 
@@ -85,32 +86,23 @@ def results_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
     return _png_of(fig)
 
 
-def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Drop the ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) key prefixes."""
-    out = {}
-    for k, v in state.items():
-        for p in ("module.", "_orig_mod."):
-            if k.startswith(p):
-                k = k[len(p) :]
-        out[k] = v
-    return out
-
-
-def load_ecamp_checkpoint(ckpt_dir: str | Path) -> tuple[Any, dict[str, Any]]:
-    """The ECAMP model (eval mode) of the newest checkpoint in ``ckpt_dir`` and its saved config."""
+def load_ecamp_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """The ECAMP model (eval mode) of the training checkpoint file ``path`` and its saved config."""
     from ecamp.config import ModelConfig, from_dict
+    from ecamp.models.checkpoints import read_state_dict
     from ecamp.models.ecamp import ECAMPModel
-    from ecamp.train.checkpoint import CheckpointDir, load_checkpoint
+    from ecamp.utils.safeload import torch_load
 
-    path = CheckpointDir(ckpt_dir).latest()
-    if path is None:
-        raise UserError(f"{ckpt_dir}: no pre-training checkpoint")
-    state = load_checkpoint(path)
-    cfg = state.get("config") or {}
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no pre-training checkpoint")
+    state = torch_load(p)
+    cfg = (state.get("config") if isinstance(state, dict) else None) or {}
     if "model" not in cfg:
-        raise UserError(f"{path}: the checkpoint holds no model config")
+        raise UserError(f"{p}: the checkpoint holds no model config")
     model = ECAMPModel(from_dict(ModelConfig, cfg["model"]))
-    model.load_state_dict(_strip_prefixes(state["model"]))
+    # the weights through the one models-level reader (the second read comes from the page cache)
+    model.load_state_dict(read_state_dict(p))
     return model.eval(), cfg
 
 
@@ -134,7 +126,7 @@ def _sample_images(
 
 
 def reconstruction_png(
-    ckpt_dir: str | Path, manifest: str, image_root: str = "", n: int = 4, seed: int = 0
+    checkpoint: str | Path, manifest: str, image_root: str = "", n: int = 4, seed: int = 0
 ) -> bytes:
     """Rows of (original, masked input, reconstruction, super-resolved output) of the ECAMP model."""
     import numpy as np
@@ -142,7 +134,7 @@ def reconstruction_png(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    model, cfg = load_ecamp_checkpoint(ckpt_dir)
+    model, cfg = load_ecamp_checkpoint(checkpoint)
     mc = model.cfg
     data = cfg.get("data") or {}
     mean, std = float(data.get("mean", 0.4721)), float(data.get("std", 0.3037))
@@ -216,8 +208,6 @@ def _results_html(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _stage_records(run_dir: Path) -> list[dict[str, Any]]:
-    from ecamp.pipeline import RECORD
-
     recs = []
     for p in sorted(run_dir.rglob(RECORD)):
         if any(part.endswith(".previous") for part in p.relative_to(run_dir).parts):
@@ -270,7 +260,7 @@ def build_report(
 
     ``inputs`` maps stage name -> that stage's result (as ``ecamp run`` passes them):
     ``rows`` of downstream results, ``guidance`` of the attention stage, ``checkpoints``
-    and ``manifest`` of the pre-training stage.
+    (the folder), ``checkpoint`` (its newest file) and ``manifest`` of the pre-training stage.
     """
     import yaml
 
@@ -358,13 +348,13 @@ def build_report(
 
     pre = inputs.get("pretrain") or {}
     rep.add("<h2>Masked-image reconstruction and super-resolution</h2>")
-    if pre.get("checkpoints") and pre.get("manifest"):
+    if pre.get("checkpoint") and pre.get("manifest"):
         rep.attempt(
             "reconstructions",
             lambda: rep.figure(
                 "reconstructions",
                 reconstruction_png(
-                    pre["checkpoints"], pre["manifest"], pre.get("image_root", ""), n_images
+                    pre["checkpoint"], pre["manifest"], pre.get("image_root", ""), n_images
                 ),
                 "the pre-trained ECAMP model on held-out images: masked patches are predicted, "
                 "the prediction is super-resolved",
