@@ -243,3 +243,13 @@ def test_a_pipeline_section_typo_fails_before_any_stage_runs() -> None:
     stages = default_stages(load_pipeline(None, ["attention.export.pool=entities"]))
     with pytest.raises(UserError, match=r"stage attention: export\.pool.*all, entity"):
         check_stages(stages)
+
+
+def test_a_config_built_in_code_is_checked_by_its_stage() -> None:
+    from ecamp.config import FinetuneConfig, FinetuneDataConfig, check_config
+
+    with pytest.raises(ConfigError, match=r"task: 'segment'.*cls, seg, det"):
+        check_config(FinetuneConfig(task="segment"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"data\.dataset: 'nih'.*chestxray14"):
+        check_config(FinetuneConfig(data=FinetuneDataConfig(dataset="nih")))  # type: ignore[arg-type]
+    check_config(FinetuneConfig())

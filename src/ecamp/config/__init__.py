@@ -31,8 +31,8 @@ from ecamp.config.finetune import (
 from ecamp.config.gloria import GLORIA_PRESETS, GloriaConfig, gloria_config
 from ecamp.config.loader import (
     ConfigError,
-    _coerce,
     apply_overrides,
+    check_choices,
     deep_merge,
     from_dict,
     load_config,
@@ -70,9 +70,9 @@ __all__ = [
     "StudentConfig",
     "TextConfig",
     "TrainConfig",
-    "_coerce",
     "apply_overrides",
     "attention_config",
+    "check_choices",
     "check_config",
     "deep_merge",
     "from_dict",

@@ -6,6 +6,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ecamp.config.loader import check_choices
 from ecamp.config.train import TrainConfig
 from ecamp.errors import UserError
 from ecamp.utils.logging import get_logger
@@ -122,7 +123,9 @@ class FinetuneConfig:
 
 def check_config(cfg: FinetuneConfig) -> None:
     """Fail early, naming the key, on values the stage cannot use."""
-    # task, data.dataset and model.seg_decoder are Literal fields: from_dict checks them at load
+    # task, data.dataset, model.seg_decoder, ...: Literal fields, checked by from_dict at load;
+    # this covers a config built in code
+    check_choices(cfg)
     if cfg.model.linear_probe and cfg.task != "cls":
         log.warning(
             "linear probe on %s: the encoder stays frozen, only the decoder learns", cfg.task

@@ -145,6 +145,20 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     return cls(**kwargs)
 
 
+def check_choices(cfg: Any, prefix: str = "") -> None:
+    """Check every ``Literal`` field of a config built in code (``from_dict`` checks at load).
+
+    Raises the same :class:`ConfigError` a YAML file with that value would get.
+    """
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, tp = getattr(cfg, f.name), hints[f.name]
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_choices(value, prefix + f.name + ".")
+        elif typing.get_origin(tp) is typing.Literal:
+            _coerce(value, tp, prefix + f.name)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into its key path and a YAML-parsed value."""
     if "=" not in text:
