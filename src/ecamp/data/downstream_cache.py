@@ -291,9 +291,11 @@ def source_manifests(
     given fractions, an image once per task).  ``phantom`` reads (or makes) a world in ``root``."""
     import pandas as pd
 
+    from ecamp.config import FinetuneConfig, from_dict
+
     # the manifest builders of `ecamp finetune` (phantom world, release lists), not a model
     from ecamp.data.downstream import SOURCES
-    from ecamp.train.finetune import FinetuneConfig, FinetuneDataConfig, build_manifest
+    from ecamp.train.finetune import build_manifest
 
     if dataset != "phantom" and dataset not in SOURCES:
         raise UserError(f"unknown dataset {dataset!r}; use phantom or one of {sorted(SOURCES)}")
@@ -310,11 +312,18 @@ def source_manifests(
     for task in chosen:
         parts = []
         for fraction in fractions if dataset != "phantom" else (100,):
-            cfg = FinetuneConfig(
-                task=task,
-                data=FinetuneDataConfig(
-                    dataset=dataset, root=root, fraction=float(fraction), labels_from=labels_from
-                ),
+            # from_dict checks the mode strings (task, dataset, labels_from) as a YAML would be
+            cfg = from_dict(
+                FinetuneConfig,
+                {
+                    "task": task,
+                    "data": {
+                        "dataset": dataset,
+                        "root": root,
+                        "fraction": float(fraction),
+                        "labels_from": labels_from,
+                    },
+                },
             )
             df = build_manifest(cfg, Path(root))[0]
             parts.append(df)

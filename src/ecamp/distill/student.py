@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import shutil
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ecamp.config import TrainConfig, to_dict
+from ecamp.config import to_dict
+from ecamp.config.student import (  # noqa: F401  (moved there; old import path kept)
+    LoraSettings,
+    StudentConfig,
+    _student_train,
+    load_student_config,
+)
 from ecamp.distill.prompt import entity_list
 from ecamp.distill.validate import parse_answer
 from ecamp.errors import DataError, UserError
@@ -43,82 +49,6 @@ from ecamp.utils.logging import get_logger
 log = get_logger(__name__)
 IGNORE = -100  # the label cross-entropy skips
 MODEL_DIR = "model"
-
-
-def _student_train() -> TrainConfig:
-    """Loop defaults for LoRA fine-tuning of a chat model."""
-    return TrainConfig(
-        epochs=3,
-        batch_size=8,
-        lr=2e-4,
-        min_lr=0.0,
-        weight_decay=0.0,
-        betas=(0.9, 0.999),
-        warmup_epochs=0.1,
-        clip_grad=1.0,
-        log_every=5,
-        keep_last=1,
-        drop_last=False,
-        tensorboard=False,
-    )
-
-
-@dataclass
-class LoraSettings:
-    """LoRA adapters (peft); ``enabled: false`` trains every weight instead."""
-
-    enabled: bool = True
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    # the attention and MLP projections of Llama-family models (Vicuna, SmolLM, Mistral, Qwen)
-    target_modules: list[str] = field(
-        default_factory=lambda: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-    )
-
-
-@dataclass
-class StudentConfig:
-    """`ecamp distill train-student`: base model, pairs, adapters and the loop."""
-
-    data: str = ""  # chat JSONL from `ecamp distill export-chat`
-    base: str = ""  # a local model folder or a .gguf file (nothing is downloaded)
-    chat_template: str | None = None  # Jinja template when the base tokenizer has none
-    max_length: int = 1024  # longer pairs (prompt + answer tokens) are left out, with a warning
-    val_size: int = 32  # held-out pairs scored each epoch (at most a tenth of the pairs)
-    eval_batch_size: int = 16
-    eval_max_tokens: int = 256
-    gradient_checkpointing: bool = False  # less activation memory (7B models), ~30% slower
-    load_dtype: str = "auto"  # auto (bf16 base on CUDA with LoRA, else fp32) | fp32 | bf16
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    train: TrainConfig = field(default_factory=_student_train)
-
-
-def load_student_config(path: str | Path | None, overrides: list[str]) -> StudentConfig:
-    """Student defaults (``train`` included) <- YAML file <- dotted overrides."""
-    from ecamp.config import apply_overrides, from_dict, read_yaml
-
-    data = to_dict(StudentConfig())
-
-    def merge(into: dict[str, Any], new: dict[str, Any]) -> None:
-        for k, v in new.items():
-            if isinstance(v, dict) and isinstance(into.get(k), dict):
-                merge(into[k], v)
-            else:
-                into[k] = v
-
-    if path:
-        merge(data, read_yaml(path))
-    apply_overrides(data, list(overrides))
-    return from_dict(StudentConfig, data)
 
 
 # --------------------------------------------------------------------------- pairs

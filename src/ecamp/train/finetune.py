@@ -23,18 +23,25 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from ecamp.config import TrainConfig, apply_overrides, from_dict, read_yaml
+from ecamp.config import apply_overrides, from_dict, read_yaml
+from ecamp.config.finetune import (  # noqa: F401  (moved there; old import path kept)
+    DATASETS,
+    TASKS,
+    FinetuneConfig,
+    FinetuneDataConfig,
+    FinetuneModelConfig,
+    _finetune_train,
+    check_config,
+)
 from ecamp.errors import DataError, UserError
 from ecamp.utils.cliargs import add_config_args
 from ecamp.utils.logging import get_logger
 
 HELP = "fine-tune / linear-probe an encoder on classification, segmentation or detection"
-TASKS = ("cls", "seg", "det")
-DATASETS = ("phantom", "chestxray14", "chexpert", "rsna", "covidx", "siim")
 # focal phantom lesions: what its detection boxes hold by default
 PHANTOM_FOCAL = ("opacity", "nodule", "effusion", "pneumothorax", "atelectasis")
 # what phantom segmentation masks hold by default: the two large-area lesions (about 3 % and 7 %
@@ -45,124 +52,11 @@ PHANTOM_SEG_DEFAULT = ("effusion", "pneumothorax")
 log = get_logger(__name__)
 
 
-# --------------------------------------------------------------------------- config
-
-
-def _finetune_train() -> TrainConfig:
-    """Loop defaults for fine-tuning (MAE-style): AdamW (0.9, 0.999), short warm-up."""
-    return TrainConfig(
-        epochs=50,
-        batch_size=64,
-        lr=5e-4,
-        min_lr=1e-6,
-        weight_decay=0.05,
-        betas=(0.9, 0.999),
-        warmup_epochs=5.0,
-        log_every=10,
-        keep_last=1,
-    )
-
-
-@dataclass
-class FinetuneModelConfig:
-    """The encoder and its task head."""
-
-    init: str = "random"  # exported encoder | pretrain/finetune ckpt or run folder | release ckpt | timm name | random
-    img_size: int = 0  # input side; 0 = the size the encoder was trained at
-    # architecture of a `random` encoder; filled from the checkpoint for every other init
-    patch_size: int = 16
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    drop_path: float = 0.1  # stochastic depth while fine-tuning
-    linear_probe: bool = False  # frozen encoder: only the head learns
-    dropout: float = 0.0  # before the classifier
-    seg_decoder: str = "conv"  # conv (release-like up-sampling stages) | upernet
-    # conv: the width of each x2 up-sampling stage, log2(patch size) of them; upernet: one
-    # width; empty = the default (conv 256, 128, 64, 32 for patch 16; upernet 128)
-    seg_channels: list[int] = field(default_factory=list)
-    seg_prior: float = 0.01  # foreground probability the seg head starts at (its output bias)
-    det_hidden: int = 256  # YOLO head width
-
-
-@dataclass
-class FinetuneDataConfig:
-    """Which labelled set, which share of its training labels, and augmentation."""
-
-    dataset: str = "phantom"  # phantom | chestxray14 | chexpert | rsna | covidx | siim
-    root: str = ""  # dataset root in its official layout (phantom: empty = generate in the output)
-    manifest: str = ""  # a prepared downstream manifest CSV (columns as ecamp.data.sources.common)
-    fraction: float = 100.0  # percent of the training labels (release lists for 1 / 10 / 100)
-    sampling: str = "release"  # release (the authors' lists) | random (seeded subset)
-    # paper: leak-free splits (release test lists; train / val hold no test image or patient;
-    # CheXpert val = 5,000 seeded training images); release: the lists byte for byte, leaks
-    # included (ecamp.data.split_modes; `ecamp splits` prints sizes and overlaps)
-    split_mode: Literal["paper", "release"] = "paper"
-    split_seed: int = 0  # CheXpert's validation draw in paper mode
-    labels_from: str = "list"  # list (release lists' targets) | official (the dataset's files)
-    source_args: dict[str, Any] = field(default_factory=dict)  # extra adapter arguments
-    # cls (multi-label): train / score only these labels.  Phantom seg / det: the lesion classes
-    # whose pixels / boxes are the target (seg default: effusion, pneumothorax; det: all focal)
-    labels: list[str] = field(default_factory=list)
-    synthetic_n: int = 256  # phantom world size
-    synthetic_size: int = 128  # phantom image side
-    synthetic_seed: int = 0
-    crop_scale: tuple[float, float] = (0.8, 1.0)  # random resized crop while training
-    flip_prob: float = 0.5
-    max_boxes: int = 16
-    mean: float = 0.4721
-    std: float = 0.3037
-    num_workers: int = 0
-    # a downstream image cache (`ecamp cache DATASET DIR`): images squashed to its side, masks
-    # and boxes aligned; empty = decode every file every epoch
-    cache: str = ""
-    # >0 without a cache: decode each file to the square a cache of this side holds (the
-    # same tensors as reading that cache); 0 = full resolution.  With a cache: 0 or its side
-    cache_size: int = 0
-
-
-@dataclass
-class FinetuneConfig:
-    """`ecamp finetune`: everything one downstream run needs."""
-
-    task: str = "cls"  # cls | seg | det
-    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
-    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
-    train: TrainConfig = field(default_factory=_finetune_train)
-    layer_decay: float = 0.75  # lr of block i scaled by layer_decay ** (depth - i); 1 = off
-    steps: int = 0  # >0: train this many optimizer steps (sets train.epochs and train.max_steps)
-    eval_every: int = 1  # validate every N epochs (and after the last)
-    eval_batch_size: int = 64
-    det_conf_threshold: float = 0.05  # detections kept before scoring
-    det_protocol: str = "mgca"  # mgca | coco (see ecamp.eval.metrics.detection_map)
-    # segmentation headline / best-checkpoint Dice: per_image (mean over images, the release's
-    # get_dice) | global (pooled over all pixels); results.json reports both
-    seg_dice: Literal["per_image", "global"] = "per_image"
-    output: str = ""
-
-
 def task_metric(task: str, multilabel: bool) -> str:
     """The headline metric of a task: auc | acc | dice | map."""
     if task == "cls":
         return "auc" if multilabel else "acc"
     return {"seg": "dice", "det": "map"}[task]
-
-
-def check_config(cfg: FinetuneConfig) -> None:
-    """Fail early, naming the key, on values the stage cannot use."""
-    if cfg.task not in TASKS:
-        raise UserError(f"task={cfg.task!r}: choose one of {TASKS}")
-    if cfg.data.dataset not in DATASETS:
-        raise UserError(f"data.dataset={cfg.data.dataset!r}: choose one of {DATASETS}")
-    if cfg.model.seg_decoder not in ("conv", "upernet"):
-        raise UserError(f"model.seg_decoder={cfg.model.seg_decoder!r}: choose conv or upernet")
-    if cfg.model.linear_probe and cfg.task != "cls":
-        log.warning(
-            "linear probe on %s: the encoder stays frozen, only the decoder learns", cfg.task
-        )
-    if cfg.eval_every < 1:
-        raise UserError(f"eval_every must be >= 1, got {cfg.eval_every}")
 
 
 # --------------------------------------------------------------------------- data

@@ -153,6 +153,7 @@ def entity_pairs(
     the image (H, W) in [0, 1], that class's boxes, and the box numbers where it has any."""
     import torch
 
+    from ecamp.config import from_dict
     from ecamp.text.tokenizer import load_tokenizer
     from ecamp.train.attention import (
         AttentionDataConfig,
@@ -165,13 +166,16 @@ def entity_pairs(
 
     mc = model.cfg
     data = cfg.get("data") or {}
-    dcfg = AttentionDataConfig(
-        image_root=str(data.get("image_root", "")),
-        cache=str(data.get("cache", "")),
-        resize=str(data.get("cache_resize", "pad")),
-        augment="none",
-        mean=float(data.get("mean", 0.4721)),
-        std=float(data.get("std", 0.3037)),
+    dcfg = from_dict(
+        AttentionDataConfig,
+        dict(
+            image_root=str(data.get("image_root", "")),
+            cache=str(data.get("cache", "")),
+            resize=str(data.get("cache_resize", "pad")),
+            augment="none",
+            mean=float(data.get("mean", 0.4721)),
+            std=float(data.get("std", 0.3037)),
+        ),
     )
     ds = AttentionDataset(df, dcfg, mc.img_size, mc.in_chans, train=False)
     tok = load_tokenizer(str((cfg.get("text") or {}).get("tokenizer", "mimic")))
