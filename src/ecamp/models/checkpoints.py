@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ from torch import nn
 
 from ecamp.errors import UserError
 from ecamp.utils.io import atomic_write, atomic_write_text
+from ecamp.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 TIMM_ARCH = "vit_base_patch16_224"
 ENCODER_FILE = "encoder.safetensors"
@@ -39,30 +43,81 @@ ENCODER_CONFIG = "encoder.json"
 # --------------------------------------------------------------------------- reading
 
 
-def read_state_dict(path: str | Path, trusted: bool = False) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file: ``.safetensors``, or a torch file holding a state dict
-    directly or under ``model`` / ``state_dict``.  A DDP ``module.`` prefix is removed.
+_PREFIXES = ("module.", "_orig_mod.")  # DDP's wrapper, torch.compile's wrapper
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
-    Torch files are unpickled safely (``weights_only``), allowing the ``argparse.Namespace``
-    that MAE-style training scripts (the release's included) store beside the weights;
-    ``trusted=True`` (Python callers only) unpickles anything, for files from a source you
-    trust.  A damaged or foreign file is a UserError saying what it is and what to do.
-    """
+
+def strip_prefixes(sd: dict[str, Any]) -> dict[str, Any]:
+    """Keys without the ``module.`` (DDP) / ``_orig_mod.`` (torch.compile) wrapper prefixes."""
+    out: dict[str, Any] = {}
+    for k, v in sd.items():
+        changed = True
+        while changed:  # a compiled DDP model stacks both
+            changed = False
+            for pre in _PREFIXES:
+                if k.startswith(pre):
+                    k, changed = k[len(pre) :], True
+        out[k] = v
+    return out
+
+
+def latest_step_file(root: str | Path) -> Path | None:
+    """The newest ``step_*.pt`` of a ``checkpoints`` folder: what ``latest`` names if it
+    exists, else the highest step; None when there is none."""
+    folder = Path(root)
+    pointer = folder / "latest"
+    if pointer.is_file():
+        target = folder / pointer.read_text(encoding="utf-8").strip()
+        if target.is_file():
+            return target
+        log.warning(
+            "%s names %s, which is missing; using the newest step file", pointer, target.name
+        )
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """The tensor file a checkpoint *path* names: the file itself, an exported encoder
+    folder's ``encoder.safetensors``, or a run / ``checkpoints`` folder's newest step file."""
+    p = Path(path)
+    if not p.is_dir():
+        return p
+    if (p / ENCODER_FILE).is_file():
+        return p / ENCODER_FILE
+    sub = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    found = latest_step_file(sub)
+    if found is None:
+        raise UserError(
+            f"{p} holds neither an exported encoder ({ENCODER_FILE}) "
+            "nor training checkpoints (checkpoints/step_*.pt)"
+        )
+    return found
+
+
+def read_checkpoint(path: str | Path, what: str = "checkpoint", trusted: bool = False) -> Any:
+    """The whole object of a checkpoint file, read weights-only (see :func:`read_state_dict`):
+    a training state (``model`` + optimizer / scheduler / RNG entries) comes back whole."""
     from ecamp.utils.safeload import safetensors_load, torch_load
 
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"checkpoint {p} does not exist")
-    obj: Any
+        raise UserError(f"{what} {p} does not exist")
     if p.suffix == ".safetensors":
-        obj = safetensors_load(p)
-    elif trusted:
+        return safetensors_load(p)
+    if trusted:
         try:
-            obj = torch.load(p, map_location="cpu", weights_only=False)
+            return torch.load(p, map_location="cpu", weights_only=False)
         except Exception as e:  # corrupt / truncated
-            raise UserError(f"cannot read checkpoint {p} ({type(e).__name__}: {e})") from None
-    else:
-        obj = torch_load(p)
+            raise UserError(f"cannot read {what} {p} ({type(e).__name__}: {e})") from None
+    return torch_load(p, what)
+
+
+def state_dict_of(obj: Any, name: str) -> dict[str, torch.Tensor]:
+    """The tensors-by-name of a loaded checkpoint object (top level, ``model`` or
+    ``state_dict``), wrapper prefixes removed; a UserError when it holds none."""
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
             if key in obj and isinstance(obj[key], dict):
@@ -70,9 +125,26 @@ def read_state_dict(path: str | Path, trusted: bool = False) -> dict[str, torch.
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(
-            f"checkpoint {p} holds no state dict (tensors by name) at its top level or under 'model'"
+            f"checkpoint {name} holds no state dict (tensors by name) at its top level or under 'model'"
         )
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+    return strip_prefixes(obj)
+
+
+def read_state_dict(path: str | Path, trusted: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint: ``.safetensors``, or a torch file (``.pt`` / ``.pth`` /
+    ``.bin``) holding a state dict directly or under ``model`` / ``state_dict`` (a training
+    checkpoint's); a folder stands for its exported encoder or newest training checkpoint.
+    DDP ``module.`` and torch.compile ``_orig_mod.`` prefixes are removed.
+
+    Torch files are unpickled safely (``weights_only``), allowing the ``argparse.Namespace``
+    that MAE-style training scripts (the release's included) store beside the weights;
+    ``trusted=True`` (Python callers only) unpickles anything, for files from a source you
+    trust.  A damaged or foreign file is a UserError saying what it is and what to do.
+    """
+    p = checkpoint_file(path)
+    if not p.is_file():
+        raise UserError(f"checkpoint {p} does not exist")
+    return state_dict_of(read_checkpoint(p, trusted=trusted), str(p))
 
 
 # --------------------------------------------------------------------------- (a) ImageNet init

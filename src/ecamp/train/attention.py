@@ -456,9 +456,11 @@ def manifest_boxes(df: pd.DataFrame) -> list[list[list[Any]]] | None:
 
 
 def build_model(cfg: AttentionConfig) -> torch.nn.Module:
-    from ecamp.models.gloria import GLoRIA
+    """The GLoRIA network of ``cfg.model`` (through the models-level factory)."""
+    from ecamp.models.factory import create_model
 
-    return GLoRIA(cfg.model)
+    model: torch.nn.Module = create_model(cfg.model)
+    return model
 
 
 def train(cfg: AttentionConfig, output: str | Path, evaluate: bool = True) -> dict[str, Any]:

@@ -38,13 +38,15 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU, with a clear error for a missing or broken file."""
-    from ecamp.utils.safeload import torch_load
+    """Load a checkpoint onto the CPU, with a clear error for a missing or broken file.
+
+    The file goes through the one weights-only reader of :mod:`ecamp.models.checkpoints`;
+    the whole state (model, optimizer, scheduler, RNG) comes back for a resume.
+    """
+    from ecamp.models.checkpoints import read_checkpoint
 
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"checkpoint {p} does not exist")
-    state = torch_load(p)
+    state = read_checkpoint(p)
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{p} is not an ecamp training checkpoint (no 'model' entry)")
     return state
@@ -83,16 +85,9 @@ class CheckpointDir:
 
     def latest(self) -> Path | None:
         """The newest step checkpoint (``latest`` pointer first, else the highest step)."""
-        pointer = self.root / "latest"
-        if pointer.is_file():
-            target = self.root / pointer.read_text(encoding="utf-8").strip()
-            if target.is_file():
-                return target
-            log.warning(
-                "%s names %s, which is missing; using the newest step file", pointer, target.name
-            )
-        files = self.step_files()
-        return files[-1] if files else None
+        from ecamp.models.checkpoints import latest_step_file
+
+        return latest_step_file(self.root)
 
     def load_readable(
         self, first: Path | None = None

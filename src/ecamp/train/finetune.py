@@ -276,7 +276,7 @@ def build_encoder(cfg: FinetuneConfig) -> Any:
     """The encoder ``model.init`` names, at ``model.img_size``; writes its architecture back
     into ``cfg.model`` so the saved config describes the trained network."""
     from ecamp.models.checkpoints import timm_kwargs
-    from ecamp.train.export import EncoderArch, resolve_encoder
+    from ecamp.models.factory import EncoderArch, create_encoder
 
     m = cfg.model
     arch = EncoderArch(
@@ -287,7 +287,7 @@ def build_encoder(cfg: FinetuneConfig) -> Any:
         num_heads=m.num_heads,
         mlp_ratio=m.mlp_ratio,
     )
-    res = resolve_encoder(m.init, img_size=m.img_size or None, drop_path=m.drop_path, arch=arch)
+    res = create_encoder(m.init, img_size=m.img_size or None, drop_path=m.drop_path, arch=arch)
     kw = timm_kwargs(res.encoder)
     m.img_size, m.patch_size, m.embed_dim = kw["img_size"], kw["patch_size"], kw["embed_dim"]
     m.depth, m.num_heads, m.mlp_ratio = kw["depth"], kw["num_heads"], float(kw["mlp_ratio"])
@@ -296,29 +296,10 @@ def build_encoder(cfg: FinetuneConfig) -> Any:
 
 
 def build_model(cfg: FinetuneConfig, encoder: Any, num_classes: int, multilabel: bool) -> Any:
-    """The task model of ``cfg.task`` on ``encoder``."""
-    from ecamp.models.heads import ClassificationModel, DetectionModel, SegmentationModel
+    """The task model of ``cfg.task`` on ``encoder`` (through the models-level factory)."""
+    from ecamp.models.factory import create_model
 
-    m = cfg.model
-    if cfg.task == "cls":
-        return ClassificationModel(
-            encoder,
-            num_classes,
-            multilabel=multilabel,
-            linear_probe=m.linear_probe,
-            dropout=m.dropout,
-        )
-    if cfg.task == "seg":
-        return SegmentationModel(
-            encoder,
-            decoder=m.seg_decoder,
-            freeze_encoder=m.linear_probe,
-            channels=list(m.seg_channels) or None,
-            prior=m.seg_prior,
-        )
-    return DetectionModel(
-        encoder, img_size=m.img_size, hidden=m.det_hidden, freeze_encoder=m.linear_probe
-    )
+    return create_model(cfg, encoder=encoder, num_classes=num_classes, multilabel=multilabel)
 
 
 # --------------------------------------------------------------------------- evaluation

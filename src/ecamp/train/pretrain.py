@@ -149,10 +149,10 @@ def build_model(cfg: PretrainConfig, report_dir: Path | None = None) -> Any:
     with ``report_dir``, written to ``init_report.json`` there.
     """
     from ecamp.models.checkpoints import init_from_mae, load_release_checkpoint, read_state_dict
-    from ecamp.models.ecamp import ECAMPModel
+    from ecamp.models.factory import create_model
     from ecamp.utils.io import atomic_write_text
 
-    model = ECAMPModel(cfg.model)
+    model = create_model(cfg.model)
     init = check_init(cfg)
     if not init:
         log.info("random initialisation (init: %s)", cfg.init or '""')
@@ -278,7 +278,7 @@ def export_only(run_dir: str | Path) -> dict[str, Any]:
     """
     from ecamp.config import to_dict
     from ecamp.models.checkpoints import export_encoder
-    from ecamp.models.ecamp import ECAMPModel
+    from ecamp.models.factory import create_model
     from ecamp.train.checkpoint import CheckpointDir, check_compatible, model_fingerprint
 
     out = Path(run_dir)
@@ -297,7 +297,7 @@ def export_only(run_dir: str | Path) -> dict[str, Any]:
             f"e.g. ecamp pretrain --output {out}"
         )
     path, state, _ = found
-    model = ECAMPModel(cfg.model)
+    model = create_model(cfg.model)
     check_compatible(state, path, to_dict(cfg), model_fingerprint(model))
     try:
         model.load_state_dict(state["model"])

@@ -89,20 +89,18 @@ def results_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
 def load_ecamp_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
     """The ECAMP model (eval mode) of the training checkpoint file ``path`` and its saved config."""
     from ecamp.config import ModelConfig, from_dict
-    from ecamp.models.checkpoints import read_state_dict
-    from ecamp.models.ecamp import ECAMPModel
-    from ecamp.utils.safeload import torch_load
+    from ecamp.models.checkpoints import read_checkpoint, state_dict_of
+    from ecamp.models.factory import create_model
 
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: no pre-training checkpoint")
-    state = torch_load(p)
+    state = read_checkpoint(p)  # the one models-level weights-only reader
     cfg = (state.get("config") if isinstance(state, dict) else None) or {}
     if "model" not in cfg:
         raise UserError(f"{p}: the checkpoint holds no model config")
-    model = ECAMPModel(from_dict(ModelConfig, cfg["model"]))
-    # the weights through the one models-level reader (the second read comes from the page cache)
-    model.load_state_dict(read_state_dict(p))
+    model = create_model(from_dict(ModelConfig, cfg["model"]))
+    model.load_state_dict(state_dict_of(state, str(p)))
     return model.eval(), cfg
 
 
