@@ -60,18 +60,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from ecamp.config import apply_overrides
+    from ecamp.data.gloria import AttentionDataset, GloriaCollator, select_splits
     from ecamp.data.synthetic import make_phantom_world
+    from ecamp.eval.localization import localization, manifest_boxes
     from ecamp.text.tokenizer import load_tokenizer
-    from ecamp.train.attention import (
-        AttentionDataset,
-        GloriaCollator,
-        attention_config,
-        load_manifest,
-        localization,
-        manifest_boxes,
-        select_splits,
-        train,
-    )
+    from ecamp.train.attention import attention_config, load_manifest, train
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     with tempfile.TemporaryDirectory() as tmp:

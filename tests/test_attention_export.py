@@ -10,14 +10,11 @@ import pytest
 import torch
 
 from ecamp.cli import main
+from ecamp.data.gloria import GloriaCollator
 from ecamp.data.guidance import GuidanceStore
+from ecamp.text.entities import entity_words
 from ecamp.text.tokenizer import load_tokenizer
-from ecamp.train.attention import (
-    GloriaCollator,
-    attention_config,
-    entity_words,
-    load_attention_config,
-)
+from ecamp.train.attention import attention_config, load_attention_config
 
 
 @pytest.fixture(scope="module")

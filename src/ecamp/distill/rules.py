@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from ecamp.distill.findings import Finding
 from ecamp.text.entities import EntityMention, find_entities, split_sentences
+from ecamp.text.negation import DISTILL_NEGATION_PATTERN
 
 # Scope limits, in words between a cue and the mention (lists like "no consolidation,
 # effusion, congestion or pneumothorax" need ~10; beyond that a cue rarely still applies).
@@ -56,11 +57,8 @@ _PSEUDO_NEG = re.compile(
     r"progression|improvement|improved|enlargement)\b"
     r"|\bnot only\b|\bgram[- ]negative\b|\bno longer (?:increased|enlarged)\b"
 )
-_PRE_NEG = re.compile(
-    r"\b(?:no|not|without|negative for|free of|clear of|absence of|absent|resolution of|"
-    r"resolved|removal of|rather than|ruled out|neither|nor|never|"
-    r"interval removal of|disappearance of)\b"
-)
+# negation cues before a mention: the base lexicon plus the distiller's extension
+_PRE_NEG = DISTILL_NEGATION_PATTERN
 _PRE_UNC = re.compile(
     r"\b(?:may|might|could|possible|possibly|suspect|suspected|suspicious for|"
     r"suspicion (?:for|of)|concern for|concerning for|question of|questionable|questioned|"

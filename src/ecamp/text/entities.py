@@ -30,6 +30,13 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ecamp.errors import UserError
+from ecamp.text.negation import NEGATION_PATTERN
+
+if TYPE_CHECKING:  # numpy is imported where entity_words runs: the CLI parser stays light
+    import numpy as np
 
 # Appendix B, Table S1, read row by row (lower case).
 ENTITIES: tuple[str, ...] = (
@@ -324,3 +331,36 @@ def entity_spans(text: str) -> list[tuple[int, int]]:
     if text.isascii():  # lower() keeps ASCII offsets, and agrees with IGNORECASE there
         return [(m.start(1) - 1, m.end(1) - 1) for m in _ENTITY_LOWER.finditer(" " + text.lower())]
     return [m.span() for m in ENTITY_PATTERN.finditer(text)]
+
+
+def entity_words(
+    text: str, word_spans: np.ndarray, mentions: str = "positive"
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Words of each entity mentioned in ``text``: ({entity: word indices}, entity sentences).
+
+    ``word_spans`` (W, 2) holds each word's character span (as the GLoRIA collator gives
+    them).  With ``mentions="positive"`` a mention is skipped when a negation cue
+    (:data:`ecamp.text.negation.NEGATION_PATTERN`) precedes it in its sentence.  Mentions cut
+    off by truncation have no words and are skipped.
+    """
+    import numpy as np
+
+    if mentions not in ("positive", "all"):
+        raise UserError(f"export.mentions={mentions!r}: use 'positive' or 'all'")
+    found = find_entities(text)
+    if not found:
+        return {}, []
+    sentences = split_sentences(text)
+    out: dict[str, list[int]] = {}
+    kept: list[int] = []
+    for m in found:
+        s0, _ = sentences[m.sentence_index] if m.sentence_index < len(sentences) else (0, len(text))
+        if mentions == "positive" and NEGATION_PATTERN.search(text, s0, m.start):
+            continue
+        hit = np.flatnonzero((word_spans[:, 0] < m.end) & (word_spans[:, 1] > m.start))
+        if hit.size:
+            out.setdefault(m.entity, []).extend(hit.tolist())
+            if m.sentence_index not in kept:
+                kept.append(m.sentence_index)
+    titles = [text[slice(*sentences[i])] for i in kept if i < len(sentences)]
+    return {e: np.unique(np.asarray(w)) for e, w in out.items()}, titles

@@ -26,10 +26,10 @@ from typing import Any
 
 from ecamp.errors import DataError, UserError
 from ecamp.text.entities import ENTITY_PATTERN, split_sentences
+from ecamp.text.negation import NEGATION_WORDS
 
-NEGATION = frozenset(
-    {"no", "not", "without", "negative", "free", "absent", "absence", "none", "nor", "neither"}
-)
+# the word-level set of the one negation lexicon (ecamp.text.negation)
+NEGATION = NEGATION_WORDS
 HEDGES = frozenset(
     {
         "may",

@@ -127,7 +127,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_show(args: argparse.Namespace) -> int:
-    from ecamp.train.attention import show
+    from ecamp.viz.attention import show
 
     path = show(args.guidance, args.output, args.manifest, args.ids, args.n, args.cols)
     print(path)

@@ -6,7 +6,7 @@ patches, :meth:`ecamp.models.ecamp.ECAMPModel.mscf_attention`), pooled over the 
 that entity's positive mentions and drawn over the image, titled with the sentence, with
 the lesion's box in red where the manifest has boxes (the phantom world does).  The image
 goes in whole (no patch masked), at the encoder's resolution; the text is the distilled
-report as the attention stage reads it (:class:`ecamp.train.attention.AttentionDataset`).
+report as the attention stage reads it (:class:`ecamp.data.gloria.AttentionDataset`).
 
 With boxes, the share of each (image, entity) map inside the union of that class's boxes
 (``mass_in_box``) is set against the boxes' share of the image (``uniform``, what a flat
@@ -154,15 +154,12 @@ def entity_pairs(
     import torch
 
     from ecamp.config import from_dict
+    from ecamp.data.gloria import AttentionDataset, GloriaCollator
+    from ecamp.eval.localization import manifest_boxes
+    from ecamp.models.gloria_maps import maps_to_image
+    from ecamp.text.entities import entity_words
     from ecamp.text.tokenizer import load_tokenizer
-    from ecamp.train.attention import (
-        AttentionDataConfig,
-        AttentionDataset,
-        GloriaCollator,
-        entity_words,
-        manifest_boxes,
-        maps_to_image,
-    )
+    from ecamp.train.attention import AttentionDataConfig
 
     mc = model.cfg
     data = cfg.get("data") or {}

@@ -323,7 +323,7 @@ def build_report(
     if att.get("guidance"):
 
         def overlays() -> None:
-            from ecamp.train.attention import show
+            from ecamp.viz.attention import show
 
             png = show(
                 att["guidance"],
