@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ecamp.cli import main
-from ecamp.train.pretrain_show import box_attention, box_mask, summarise
+from ecamp.eval.localization import box_attention, box_mask, summarise
 
 
 def test_box_attention_on_a_hand_built_map() -> None:

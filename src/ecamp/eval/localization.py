@@ -20,13 +20,65 @@ from ecamp.models.gloria_maps import maps_to_image
 from ecamp.text.entities import entity_words
 
 
-def _box_mask(boxes: list[list[Any]], kind: str, hw: tuple[int, int]) -> np.ndarray:
-    """(H, W) mask of the union of the ``kind`` boxes."""
+def box_mask(boxes: list[list[Any]], kind: str, hw: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: the union of the ``[x1, y1, x2, y2, class]`` boxes of class ``kind``."""
     m = np.zeros(hw, dtype=bool)
     for x1, y1, x2, y2, k in boxes:
         if k == kind:
             m[int(y1) : int(y2), int(x1) : int(x2)] = True
     return m
+
+
+def box_attention(attn: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """Share of a non-negative map inside ``mask`` against the mask's area share.
+
+    ``mass_in_box`` = sum inside / sum overall; ``uniform`` = mask area / image area (the
+    share a flat map would put inside); ``ratio`` = their quotient (1 = no better than flat).
+    """
+    a = np.clip(np.asarray(attn, dtype=np.float64), 0.0, None)
+    m = np.asarray(mask, dtype=bool)
+    if a.shape != m.shape:
+        raise ValueError(f"attention map {a.shape} and box mask {m.shape} differ in shape")
+    total = a.sum()
+    if not m.any() or total <= 0:
+        raise ValueError("box_attention needs a non-empty box and a map with some mass")
+    mass = float(a[m].sum() / total)
+    uniform = float(m.mean())
+    return {"mass_in_box": mass, "uniform": uniform, "ratio": mass / uniform}
+
+
+def summarise(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over (image, entity) pairs: ``mass_in_box``, ``uniform``, ``ratio`` (of the
+    means), ``ratio_per_lesion`` (mean of the pairs' ratios), ``n`` and ``per_entity``."""
+    scored = [p for p in pairs if "mass_in_box" in p]
+    if not scored:
+        nan = float("nan")
+        return {
+            "mass_in_box": nan,
+            "uniform": nan,
+            "ratio": nan,
+            "ratio_per_lesion": nan,
+            "n": 0,
+            "per_entity": {},
+        }
+    mass = float(np.mean([p["mass_in_box"] for p in scored]))
+    area = float(np.mean([p["uniform"] for p in scored]))
+    per: dict[str, Any] = {}
+    for ent in sorted({p["entity"] for p in scored}):
+        g = [p for p in scored if p["entity"] == ent]
+        m, u = (
+            float(np.mean([p["mass_in_box"] for p in g])),
+            float(np.mean([p["uniform"] for p in g])),
+        )
+        per[ent] = {"mass_in_box": m, "uniform": u, "ratio": m / u, "n": len(g)}
+    return {
+        "mass_in_box": mass,
+        "uniform": area,
+        "ratio": mass / area,
+        "ratio_per_lesion": float(np.mean([p["ratio"] for p in scored])),
+        "n": len(scored),
+        "per_entity": per,
+    }
 
 
 @torch.no_grad()
@@ -61,7 +113,7 @@ def localization(
             words, _ = entity_words(batch["text"][r], batch["word_spans"][r], "positive")
             hw = (int(batch["shape"][r, 0]), int(batch["shape"][r, 1]))
             for ent, idx in words.items():
-                mask = _box_mask(boxes[gi], ent, hw)
+                mask = box_mask(boxes[gi], ent, hw)
                 if not mask.any():
                     continue
                 grid = attn[r, torch.as_tensor(idx, dtype=torch.long)].mean(0, keepdim=True)

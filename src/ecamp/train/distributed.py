@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from ecamp.errors import UserError
+from ecamp.utils.device import resolve_device  # noqa: F401  (its home; old path kept)
 
 
 @dataclass(frozen=True)
@@ -42,31 +43,6 @@ def _env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise UserError(f"environment variable {name}={raw!r} is not an integer") from None
-
-
-def resolve_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> cuda:LOCAL_RANK, else mps, else cpu; ``cuda`` -> cuda:LOCAL_RANK."""
-    pref = (pref or "auto").strip().lower()
-    if pref == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if pref == "cuda":
-        pref = f"cuda:{local_rank}"
-    try:
-        device = torch.device(pref)
-    except RuntimeError:
-        raise UserError(
-            f"train.device={pref!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            f"train.device={pref!r} but CUDA is not available here; use train.device=auto or cpu"
-        )
-    return device
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

@@ -365,7 +365,7 @@ def build_report(
     if pre.get("checkpoints") and pre.get("manifest"):
 
         def mscf() -> None:
-            from ecamp.train.pretrain_show import show as show_mscf
+            from ecamp.viz.mscf import show as show_mscf
 
             res = show_mscf(
                 pre["checkpoints"],
