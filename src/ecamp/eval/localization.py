@@ -18,6 +18,7 @@ from ecamp.data.gloria import AttentionDataset, GloriaCollator
 from ecamp.errors import DataError
 from ecamp.models.gloria_maps import maps_to_image
 from ecamp.text.entities import entity_words
+from ecamp.utils.device import move_to_device
 
 
 def box_mask(boxes: list[list[Any]], kind: str, hw: tuple[int, int]) -> np.ndarray:
@@ -104,7 +105,7 @@ def localization(
     rows: list[tuple[str, float, float]] = []
     for lo in range(0, len(dataset), batch_size):
         batch = collate([dataset[i] for i in range(lo, min(len(dataset), lo + batch_size))])
-        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        moved = move_to_device(batch, device)
         attn = model.attention_maps(moved).cpu()  # type: ignore[operator]
         for r in range(attn.shape[0]):
             gi = lo + r

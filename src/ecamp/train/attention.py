@@ -57,6 +57,7 @@ from ecamp.text.entities import entity_words  # noqa: F401  (re-exported for old
 
 # the parser lives apart so that `ecamp --help` does not import torch; re-exported here
 from ecamp.train.attention_cli import HELP, add_arguments  # noqa: F401
+from ecamp.utils.device import move_to_device
 from ecamp.utils.logging import get_logger
 from ecamp.viz.attention import show  # noqa: F401  (re-exported for older callers)
 
@@ -241,7 +242,7 @@ def export(
         rows = []
         for b0 in range(lo, hi, ex.batch_size):
             batch = collate([ds[i] for i in range(b0, min(hi, b0 + ex.batch_size))])
-            moved = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            moved = move_to_device(batch, dev)
             attn = model.attention_maps(moved).float().cpu()  # type: ignore[operator]
             pooled, sets, titles = pooled_entity_maps(attn, batch, ex.mentions)
             full = maps_to_image(

@@ -50,6 +50,7 @@ from ecamp.train.checkpoint import (
 from ecamp.train.metrics_log import MetricsLogger, open_tensorboard
 from ecamp.train.schedule import WarmupCosine, schedule_horizon
 from ecamp.utils.allocator import apply_if_requested
+from ecamp.utils.device import move_to_device
 from ecamp.utils.io import atomic_write_text
 from ecamp.utils.logging import get_logger
 from ecamp.utils.secrets import mask_secrets
@@ -197,19 +198,6 @@ def preserved_rng(device: torch.device) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def move_to_device(batch: Any, device: torch.device) -> Any:
-    """Tensors (inside dicts/lists/tuples) to ``device``; everything else unchanged."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: move_to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(move_to_device(v, device) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(v, device) for v in batch)
-    return batch
 
 
 def batch_length(batch: Any) -> int | None:

@@ -1,8 +1,9 @@
-"""The torch device a ``device`` setting names (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``)."""
+"""The torch device a ``device`` setting names (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``),
+and batches moved onto it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ecamp.errors import UserError
 
@@ -35,3 +36,21 @@ def resolve_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
             f"train.device={pref!r} but CUDA is not available here; use train.device=auto or cpu"
         )
     return device
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors (inside dicts/lists/tuples/named tuples) to ``device``; everything else unchanged."""
+    import torch
+
+    def move(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return x.to(device, non_blocking=True)
+        if isinstance(x, dict):
+            return {k: move(v) for k, v in x.items()}
+        if isinstance(x, tuple) and hasattr(x, "_fields"):
+            return type(x)(*(move(v) for v in x))
+        if isinstance(x, (list, tuple)):
+            return type(x)(move(v) for v in x)
+        return x
+
+    return move(batch)

@@ -85,6 +85,7 @@ def entity_pairs(
     from ecamp.models.gloria_maps import maps_to_image
     from ecamp.text.entities import entity_words
     from ecamp.text.tokenizer import load_tokenizer
+    from ecamp.utils.device import move_to_device
 
     mc = model.cfg
     data = cfg.get("data") or {}
@@ -110,9 +111,8 @@ def entity_pairs(
         if n_images >= limit:
             break
         batch = collate([ds[i] for i in range(lo, min(len(ds), lo + batch_size))])
-        attn = model.mscf_attention(
-            batch["image"].to(dev), batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
-        ).cpu()  # (B, L, g, g)
+        inputs = move_to_device([batch[k] for k in ("image", "input_ids", "attention_mask")], dev)
+        attn = model.mscf_attention(*inputs).cpu()  # (B, L, g, g)
         for r in range(attn.shape[0]):
             if n_images >= limit:
                 break
