@@ -234,6 +234,8 @@ def test_defaults_and_numeric_precision_load() -> None:
         assert from_dict(cls, to_dict(cls())) == cls()
     # YAML reads `precision: 16` as a number; it was accepted as "16" before and still is
     assert from_dict(PretrainConfig, {"train": {"precision": 16}}).train.precision == "16"
+    # a choice in other letter case is the choice (the checks the Literals replaced lower-cased)
+    assert from_dict(PretrainConfig, {"train": {"precision": "BF16"}}).train.precision == "bf16"
 
 
 def test_a_pipeline_section_typo_fails_before_any_stage_runs() -> None:

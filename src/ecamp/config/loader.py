@@ -86,6 +86,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         # YAML reads `precision: 16` as a number; a str field would have taken it as "16"
         if isinstance(value, (int, float)) and not isinstance(value, bool) and str(value) in args:
             return str(value)
+        # `BF16` or `Rules`: the checks these Literals replaced compared lower-cased strings
+        if isinstance(value, str):
+            folded = [a for a in args if isinstance(a, str) and a.lower() == value.strip().lower()]
+            if len(folded) == 1:
+                return folded[0]
         raise ConfigError(
             f"{key}: {value!r} is not a valid choice; choose one of {', '.join(map(str, args))}"
         )
