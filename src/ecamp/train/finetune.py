@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -480,9 +479,9 @@ def finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
 
 def embedded_config_path(task: str) -> Path:
     """The packaged default config of ``task`` (``ecamp/resources/configs/finetune_<task>.yaml``)."""
-    from ecamp.train.pretrain import embedded_config_path as packaged
+    from ecamp.config.embedded import embedded_config
 
-    return packaged(f"finetune_{task}.yaml")
+    return embedded_config(f"finetune_{task}.yaml")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -562,8 +561,9 @@ def _default_output(cfg: FinetuneConfig) -> Path:
 def run(args: argparse.Namespace) -> int:
     """Entry point of `ecamp finetune`."""
     from ecamp.utils.logging import setup_logging
+    from ecamp.utils.ranks import env_rank
 
-    rank = int(os.environ.get("RANK", "0"))
+    rank = env_rank()
     cfg = resolve_config(args)
     out = Path(args.output or cfg.output or _default_output(cfg))
     cfg.output = str(out)
