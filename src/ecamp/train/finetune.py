@@ -195,6 +195,7 @@ def evaluate(model: Any, dataset: Any, cfg: FinetuneConfig, data: TaskData) -> d
 
     from ecamp.data.sources.common import parse_boxes
     from ecamp.eval import metrics as M
+    from ecamp.eval.tasks import EVALUATORS
     from ecamp.train.loop import move_to_device, resolve_precision
 
     device = next(model.parameters()).device
@@ -227,27 +228,16 @@ def evaluate(model: Any, dataset: Any, cfg: FinetuneConfig, data: TaskData) -> d
     model.train(was_training)
     name = task_metric(cfg.task, data.multilabel)
     if cfg.task == "cls":
-        y_score = np.concatenate(scores)
-        y_true = dataset.targets
-        if data.multilabel:
-            per = M.label_aucs(y_true, y_score)
-            with np.errstate(all="ignore"):
-                value = float(np.nanmean(per)) if np.isfinite(per).any() else float("nan")
-            return {name: value, "per_label": dict(zip(data.labels, (_finite(v) for v in per)))}
-        return {name: M.accuracy(y_true, y_score)}
+        return EVALUATORS["cls"](
+            dataset.targets, np.concatenate(scores), data.labels, data.multilabel, name
+        )
     if cfg.task == "seg":
-        ii, tt = np.concatenate(inter), np.concatenate(total)
-        both = {f"dice_{r}": M.dice_from_counts(ii, tt, r) for r in M.DICE_REDUCTIONS}
-        return {name: both[f"dice_{cfg.seg_dice}"], **both}
+        return EVALUATORS["seg"](np.concatenate(inter), np.concatenate(total), cfg.seg_dice, name)
     targets = [
         np.asarray(parse_boxes(str(s or "[]")), np.float32).reshape(-1, 4)
         for s in dataset.frame["boxes"]
     ]
-    other = "coco" if cfg.det_protocol == "mgca" else "mgca"
-    return {
-        name: M.detection_map(preds, targets, protocol=cfg.det_protocol),
-        f"map_{other}": M.detection_map(preds, targets, protocol=other),
-    }
+    return EVALUATORS["det"](preds, targets, cfg.det_protocol, name)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
