@@ -1,4 +1,4 @@
-"""PretrainDataset / SeededSampler / PretrainCollator."""
+"""PretrainDataset / PretrainCollator."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from PIL import Image
 
 from ecamp.config import DataConfig
 from ecamp.data.cache import ImageCache, build_cache
-from ecamp.data.pretrain import GuidanceStore, PretrainCollator, PretrainDataset, SeededSampler
+from ecamp.data.pretrain import GuidanceStore, PretrainCollator, PretrainDataset
 from ecamp.errors import DataError
 
 
@@ -127,21 +127,6 @@ def test_guidance_map_and_window(manifest):
     assert win[(1, 0)]["guidance_window"].tolist() == [-1, -1]
 
 
-def test_sampler_is_a_seeded_permutation_and_resumes():
-    s = SeededSampler(10, seed=3)
-    s.set_epoch(1)
-    full = list(s)
-    assert sorted(i for i, _ in full) == list(range(10)) and len(s) == 10
-    assert full == list(s)
-    s.set_epoch(1, start=4)
-    assert list(s) == full[4:] and len(s) == 6
-    s.set_epoch(2)
-    assert list(s) != full
-    ranks = [list(SeededSampler(10, seed=3, rank=r, world_size=3)) for r in range(3)]
-    assert all(len(r) == 4 for r in ranks)
-    assert {i for r in ranks for i, _ in r} == set(range(10))
-
-
 def test_collator_stacks_and_seeds_text_rng(manifest):
     ds = PretrainDataset(manifest, DataConfig(), hr_size=16, guidance=MapStore())
     batcher = FakeBatcher()
@@ -161,7 +146,7 @@ def test_collator_stacks_and_seeds_text_rng(manifest):
 
 def test_collator_works_in_a_dataloader(manifest):
     ds = PretrainDataset(manifest, DataConfig(), hr_size=16)
-    sampler = SeededSampler(len(ds), seed=0)
+    sampler = [(i, 100 + i) for i in range(len(ds))]  # (index, seed) pairs as the loop passes
     loader = torch.utils.data.DataLoader(
         ds, batch_size=3, sampler=sampler, collate_fn=PretrainCollator(FakeBatcher())
     )
@@ -176,7 +161,7 @@ def test_cached_dataset_in_worker_processes(manifest, tmp_path):
     ds = PretrainDataset(manifest, DataConfig(), hr_size=16, cache=tmp_path / "cache")
     kwargs = dict(
         batch_size=2,
-        sampler=SeededSampler(len(ds), seed=4),
+        sampler=[(i, 40 + i) for i in range(len(ds))],
         collate_fn=PretrainCollator(FakeBatcher()),
     )
     serial = list(torch.utils.data.DataLoader(ds, **kwargs))

@@ -10,14 +10,10 @@ import pandas as pd
 import pytest
 
 from ecamp.config import apply_overrides, from_dict, read_yaml
+from ecamp.data.downstream import select_labels
+from ecamp.data.sources.phantom import phantom_manifest
 from ecamp.errors import UserError
-from ecamp.train.finetune import (
-    FinetuneConfig,
-    embedded_config_path,
-    finetune,
-    phantom_manifest,
-    select_labels,
-)
+from ecamp.train.finetune import FinetuneConfig, embedded_config_path, finetune
 
 QUICK = [
     "data.synthetic_size=64",

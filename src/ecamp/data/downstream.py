@@ -23,9 +23,9 @@ every file to exactly those arrays: the two paths give identical tensors for the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -36,9 +36,13 @@ from ecamp.data.sources.chestxray14 import ChestXray14
 from ecamp.data.sources.chexpert import CheXpert
 from ecamp.data.sources.common import DownstreamSource, parse_boxes
 from ecamp.data.sources.covidx import COVIDx
+from ecamp.data.sources.phantom import PhantomWorld
 from ecamp.data.sources.rsna import RSNAPneumonia
 from ecamp.data.sources.siim import SIIMPneumothorax
 from ecamp.errors import UserError
+
+if TYPE_CHECKING:
+    from ecamp.config.finetune import FinetuneDataConfig
 
 SOURCES: dict[str, type[DownstreamSource]] = {
     "chestxray14": ChestXray14,
@@ -46,12 +50,14 @@ SOURCES: dict[str, type[DownstreamSource]] = {
     "rsna": RSNAPneumonia,
     "covidx": COVIDx,
     "siim": SIIMPneumothorax,
+    "phantom": PhantomWorld,
 }
 TASKS = ("cls", "seg", "det")
 
 
 def get_source(name: str, root: str | Path, **kwargs) -> DownstreamSource:
-    """The dataset adapter ``name`` (chestxray14, chexpert, rsna, covidx, siim) over ``root``."""
+    """The dataset adapter ``name`` (chestxray14, chexpert, rsna, covidx, siim, phantom) over
+    ``root``."""
     if name not in SOURCES:
         raise UserError(f"unknown dataset {name!r}; use one of {sorted(SOURCES)}")
     return SOURCES[name](root, **kwargs)
@@ -227,6 +233,61 @@ def build_datasets(
     return out
 
 
+def build_manifest(
+    task: str,
+    data: FinetuneDataConfig,
+    seed: int,
+    workdir: Path,
+    *,
+    main: bool = True,
+    barrier: Callable[[], None] | None = None,
+) -> tuple[pd.DataFrame, list[str], list[str], bool]:
+    """(manifest, class names, label columns, multilabel) for ``data.dataset`` and ``task``.
+
+    ``data``: the downstream data config (dataset, root or prepared manifest, fraction,
+    sampling, label and split modes, ``source_args``; phantom: ``labels`` and ``synthetic_*``).
+    ``seed`` draws random training shares.  A world drawn on the fly (phantom) goes to
+    ``data.root`` or ``workdir/phantom``, by the ``main`` process while the others wait at
+    ``barrier``.
+    """
+    cls = SOURCES[data.dataset]
+    if task not in cls.release_sets:
+        raise UserError(f"{data.dataset} has no {task!r} task; it has {list(cls.release_sets)}")
+    if data.manifest:
+        if cls.generated:
+            raise UserError(
+                "data.manifest is for prepared real datasets; the phantom world is built"
+            )
+        df = load_manifest(data.manifest)
+    else:
+        source = cls.from_data_config(data, workdir, main=main, barrier=barrier)
+        df = source.manifest(
+            task,
+            fraction=data.fraction,
+            sampling=data.sampling,
+            seed=seed,
+            labels_from=data.labels_from,
+            split_mode=data.split_mode,
+            split_seed=data.split_seed,
+        )
+    labels = cls.class_names(task, data.labels)
+    return df, labels, cls.label_columns(task), cls.multilabel
+
+
+def select_labels(
+    labels: list[str], columns: list[str], wanted: list[str], multilabel: bool
+) -> tuple[list[str], list[str]]:
+    """Restrict a multi-label set to ``wanted`` (in the given order); empty = all."""
+    if not wanted:
+        return labels, columns
+    if not multilabel:
+        raise UserError("data.labels selects labels of a multi-label set; this one is multi-class")
+    unknown = [w for w in wanted if w not in labels]
+    if unknown:
+        raise UserError(f"data.labels: unknown label(s) {unknown}; this set has {labels}")
+    return list(wanted), list(wanted)
+
+
 def save_manifest(manifest: pd.DataFrame, path: str | Path) -> Path:
     """Write a downstream manifest as CSV (boxes stay JSON strings)."""
     from ecamp.utils.io import atomic_write
@@ -254,7 +315,9 @@ __all__ = [
     "SOURCES",
     "DownstreamDataset",
     "build_datasets",
+    "build_manifest",
     "get_source",
     "load_manifest",
     "save_manifest",
+    "select_labels",
 ]

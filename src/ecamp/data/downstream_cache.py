@@ -292,18 +292,14 @@ def source_manifests(
     import pandas as pd
 
     from ecamp.config import FinetuneConfig, from_dict
+    from ecamp.data.downstream import SOURCES, build_manifest
 
-    # the manifest builders of `ecamp finetune` (phantom world, release lists), not a model
-    from ecamp.data.downstream import SOURCES
-    from ecamp.train.finetune import build_manifest
-
-    if dataset != "phantom" and dataset not in SOURCES:
-        raise UserError(f"unknown dataset {dataset!r}; use phantom or one of {sorted(SOURCES)}")
+    if dataset not in SOURCES:
+        real = sorted(k for k, v in SOURCES.items() if not v.generated)
+        raise UserError(f"unknown dataset {dataset!r}; use phantom or one of {real}")
     if not root:
         raise UserError(f"{dataset}: give --data-root (the dataset's folder)")
-    all_tasks = (
-        ("cls", "seg", "det") if dataset == "phantom" else tuple(SOURCES[dataset].release_sets)
-    )
+    all_tasks = tuple(SOURCES[dataset].release_sets)
     chosen = list(tasks) or list(all_tasks)
     unknown = [t for t in chosen if t not in all_tasks]
     if unknown:
@@ -311,7 +307,7 @@ def source_manifests(
     out: dict[str, pd.DataFrame] = {}
     for task in chosen:
         parts = []
-        for fraction in fractions if dataset != "phantom" else (100,):
+        for fraction in fractions if not SOURCES[dataset].generated else (100,):
             # from_dict checks the mode strings (task, dataset, labels_from) as a YAML would be
             cfg = from_dict(
                 FinetuneConfig,
@@ -325,7 +321,7 @@ def source_manifests(
                     },
                 },
             )
-            df = build_manifest(cfg, Path(root))[0]
+            df = build_manifest(cfg.task, cfg.data, cfg.train.seed, Path(root))[0]
             parts.append(df)
         merged = pd.concat(parts, ignore_index=True)
         out[task] = merged.drop_duplicates(subset=[c for c in merged.columns if c != "split"])

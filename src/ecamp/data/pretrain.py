@@ -1,4 +1,4 @@
-"""The pre-training dataset, its seeded sampler and its collator.
+"""The pre-training dataset and its collator.
 
 A sample is a dict::
 
@@ -11,20 +11,20 @@ A sample is a dict::
     guidance_window   (2,) long (row, col) as stored (release: not cropped)  } guidance store
 
 ``dataset[i]`` draws a fresh seed from torch's RNG; ``dataset[(i, seed)]`` is reproducible.
-:class:`SeededSampler` yields such pairs from (seed, epoch) so a training loop can resume
-mid-epoch at the same samples with the same augmentation.
+:class:`ecamp.train.loop.ShardedBatchSampler` yields such pairs from (seed, epoch) so the
+training loop can resume mid-epoch at the same samples with the same augmentation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from ecamp.config import DataConfig
 from ecamp.data.cache import ImageCache
@@ -239,41 +239,6 @@ def upsampled_fraction(
         n += 1
         up += src[0] < hr_size or src[1] < hr_size
     return (up / n if n else 0.0), n
-
-
-class SeededSampler(Sampler):
-    """Yields ``(index, seed)`` pairs: a permutation and per-sample seeds from (seed, epoch).
-
-    With ``world_size`` > 1 each rank takes every ``world_size``-th pair (the permutation is
-    padded by wrapping so all ranks get as many).  ``set_epoch(epoch, start)`` skips the first
-    ``start`` pairs of this rank, for resuming mid-epoch.
-    """
-
-    def __init__(
-        self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1
-    ):
-        self.n, self.seed, self.shuffle = n, seed, shuffle
-        self.rank, self.world_size = rank, world_size
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = int(epoch), int(start)
-
-    def _pairs(self) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
-        seeds = rng.integers(0, 2**31 - 1, size=self.n)
-        per_rank = -(-self.n // self.world_size)
-        take = np.arange(per_rank * self.world_size) % self.n
-        sel = take[self.rank :: self.world_size]
-        return order[sel], seeds[sel]
-
-    def __len__(self) -> int:
-        return max(0, -(-self.n // self.world_size) - self.start)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        order, seeds = self._pairs()
-        return iter(list(zip(order[self.start :].tolist(), seeds[self.start :].tolist())))
 
 
 class PretrainCollator:

@@ -59,8 +59,9 @@ class SplitPlan:
 def _adapter(dataset: str):
     from ecamp.data.downstream import SOURCES
 
-    if dataset not in SOURCES:
-        raise UserError(f"unknown dataset {dataset!r}; use one of {sorted(SOURCES)}")
+    listed = sorted(k for k, v in SOURCES.items() if not v.generated)  # with release lists
+    if dataset not in listed:
+        raise UserError(f"unknown dataset {dataset!r}; use one of {listed}")
     cls = SOURCES[dataset]
     return cls, cls.__new__(cls)  # list_id needs no dataset root
 

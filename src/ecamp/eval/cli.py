@@ -243,7 +243,8 @@ def evaluate_seg(
     import numpy as np
 
     from ecamp.errors import DataError, UserError
-    from ecamp.eval.metrics import DICE_REDUCTIONS, dice_counts, dice_from_counts
+    from ecamp.eval.metrics import dice_counts
+    from ecamp.eval.tasks import dice_scores
 
     with _load_npz(pred_path) as pred, _load_npz(target_path) as tgt:
         _missing(list(tgt.files), set(pred.files), pred_path)
@@ -257,7 +258,7 @@ def evaluate_seg(
                 raise DataError(f"image {key!r}: {e}") from None
             inter[i], total[i] = a.sum(), b.sum()
         n = len(tgt.files)
-    both = {f"dice_{r}": dice_from_counts(inter, total, r) for r in DICE_REDUCTIONS}
+    both = dice_scores(inter, total)
     return {
         "task": "seg",
         "metric": "dice",

@@ -44,9 +44,9 @@ log = get_logger(__name__)
 
 def embedded_pipeline_path(name: str = DEFAULT_PIPELINE) -> Path:
     """A pipeline config shipped in ``ecamp/resources/configs``."""
-    from ecamp.train.pretrain import embedded_config_path
+    from ecamp.config.embedded import embedded_config
 
-    return embedded_config_path(name)
+    return embedded_config(name)
 
 
 def _config_file(name: str) -> Path:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,19 +36,31 @@ from ecamp.config.finetune import (  # noqa: F401  (moved there; old import path
     _finetune_train,
     check_config,
 )
-from ecamp.errors import DataError, UserError
+from ecamp.errors import UserError
 from ecamp.utils.cliargs import add_config_args
 from ecamp.utils.logging import get_logger
 
 HELP = "fine-tune / linear-probe an encoder on classification, segmentation or detection"
-# focal phantom lesions: what its detection boxes hold by default
-PHANTOM_FOCAL = ("opacity", "nodule", "effusion", "pneumothorax", "atelectasis")
-# what phantom segmentation masks hold by default: the two large-area lesions (about 3 % and 7 %
-# of an image where present).  Opacity, nodule and atelectasis cover 0.1-0.7 % of an image, a
-# few pixels at 64 px, below what a patch-8 token map can resolve from a small training set.
-PHANTOM_SEG_DEFAULT = ("effusion", "pneumothorax")
 
 log = get_logger(__name__)
+
+# moved to the data layer; the old import paths stay (resolved lazily: the CLI builds its
+# parser from this module without importing pandas or torch)
+_MOVED = {
+    "select_labels": "ecamp.data.downstream",
+    "PHANTOM_FOCAL": "ecamp.data.sources.phantom",
+    "PHANTOM_SEG_DEFAULT": "ecamp.data.sources.phantom",
+    "phantom_classes": "ecamp.data.sources.phantom",
+    "phantom_manifest": "ecamp.data.sources.phantom",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def task_metric(task: str, multilabel: bool) -> str:
@@ -60,75 +71,6 @@ def task_metric(task: str, multilabel: bool) -> str:
 
 
 # --------------------------------------------------------------------------- data
-
-
-def phantom_classes(task: str, wanted: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """The lesion classes a phantom ``task`` targets: ``wanted`` (checked) or the task default.
-
-    cls: all six labels (selected later by :func:`select_labels`); seg:
-    :data:`PHANTOM_SEG_DEFAULT`; det: :data:`PHANTOM_FOCAL`.
-    """
-    from ecamp.data.synthetic import LESION_CLASSES
-
-    if task == "cls" or not wanted:
-        return list({"seg": PHANTOM_SEG_DEFAULT, "det": PHANTOM_FOCAL}.get(task, LESION_CLASSES))
-    unknown = [w for w in wanted if w not in LESION_CLASSES]
-    if unknown:
-        raise UserError(
-            f"data.labels: unknown phantom lesion class(es) {unknown}; choose from {LESION_CLASSES}"
-        )
-    return list(dict.fromkeys(wanted))
-
-
-def phantom_manifest(
-    world_csv: str | Path, task: str, classes: list[str] | tuple[str, ...] = ()
-) -> tuple[Any, list[str]]:
-    """The phantom world as a downstream manifest for ``task``, and its class names.
-
-    cls: the six lesion labels; seg: the pixels of the lesion ``classes`` (read from the
-    per-class bit mask; default :data:`PHANTOM_SEG_DEFAULT`) as one binary RLE mask; det: one
-    box per lesion of ``classes`` (default the focal ones: cardiomegaly is a heart shadow).
-    The returned names are the targeted classes.  Splits train / validate / test become
-    train / val / test.
-    """
-    import numpy as np
-    import pandas as pd
-    from PIL import Image
-
-    from ecamp.data.sources.common import rle_encode
-    from ecamp.data.synthetic import LESION_CLASSES
-
-    path = Path(world_csv)
-    df = pd.read_csv(path)
-    root = path.parent
-    targets = phantom_classes(task, classes)
-    out = pd.DataFrame(
-        {
-            "id": df["id"].astype(str),
-            "path": [str(root / p) for p in df["image"]],
-            "split": df["split"].replace({"validate": "val"}),
-        }
-    )
-    if task == "cls":
-        for c in LESION_CLASSES:
-            out[c] = df[f"label_{c}"].astype(float)
-        return out, list(LESION_CLASSES)
-    if task == "det":
-        out["boxes"] = [
-            json.dumps([b[:4] for b in json.loads(s) if b[4] in targets]) for s in df["boxes"]
-        ]
-        return out, targets
-    if "mask_classes" not in df.columns:
-        raise DataError(f"{path}: no 'mask_classes' column; regenerate the phantom world")
-    bits = np.uint8(sum(1 << LESION_CLASSES.index(c) for c in targets))
-    rles = []
-    for m in df["mask_classes"]:  # a few hundred small masks, read once
-        try:
-            rles.append(rle_encode((np.asarray(Image.open(root / m)) & bits) > 0))
-        except OSError as e:
-            raise DataError(f"{root / m}: cannot read the phantom class mask ({e})") from None
-    out["rle"] = ["" if r == "-1" else r for r in rles]
-    return out, targets
 
 
 @dataclass
@@ -145,79 +87,15 @@ class TaskData:
         return len(self.labels) if self.multilabel or len(self.labels) > 1 else 1
 
 
-def _phantom_world(cfg: FinetuneConfig, output_dir: Path) -> Path:
-    from ecamp.data.synthetic import make_phantom_world
+def build_manifest(cfg: FinetuneConfig, output_dir: Path) -> tuple[Any, list[str], list[str], bool]:
+    """(manifest, class names, label columns, multilabel) for the configured dataset and task
+    (:func:`ecamp.data.downstream.build_manifest`; a phantom world is drawn by rank 0 only)."""
+    from ecamp.data.downstream import build_manifest as manifest_of
     from ecamp.train import distributed as du
 
-    world = Path(cfg.data.root) if cfg.data.root else output_dir / "phantom"
-    csv = world / "manifest.csv"
-    if du.is_main() and not csv.is_file():
-        log.info("generating the phantom world (%d images) in %s", cfg.data.synthetic_n, world)
-        make_phantom_world(
-            world,
-            n=cfg.data.synthetic_n,
-            size=cfg.data.synthetic_size,
-            seed=cfg.data.synthetic_seed,
-        )
-    du.barrier()
-    return csv
-
-
-def build_manifest(cfg: FinetuneConfig, output_dir: Path) -> tuple[Any, list[str], list[str], bool]:
-    """(manifest, class names, label columns, multilabel) for the configured dataset and task."""
-    from ecamp.data.downstream import SOURCES, get_source, load_manifest
-    from ecamp.data.sources.common import subset
-
-    d = cfg.data
-    if d.dataset == "phantom":
-        if d.manifest:
-            raise UserError(
-                "data.manifest is for prepared real datasets; the phantom world is built"
-            )
-        df, labels = phantom_manifest(_phantom_world(cfg, output_dir), cfg.task, d.labels)
-        if d.fraction < 100:  # no release lists: always a seeded random share
-            train_ids = df.loc[df["split"] == "train", "id"].tolist()
-            keep = set(subset(train_ids, d.fraction, cfg.train.seed))
-            df = df[(df["split"] != "train") | df["id"].isin(keep)].reset_index(drop=True)
-        columns = labels if cfg.task == "cls" else (["rle"] if cfg.task == "seg" else ["boxes"])
-        return df, labels, columns, True
-    if not d.root and not d.manifest:
-        raise UserError(f"data.dataset={d.dataset}: give --data-root (the dataset's folder)")
-    cls = SOURCES[d.dataset]
-    if cfg.task not in cls.release_sets:
-        raise UserError(f"{d.dataset} has no {cfg.task!r} task; it has {list(cls.release_sets)}")
-    if d.manifest:
-        df = load_manifest(d.manifest)
-    else:
-        source = get_source(d.dataset, d.root, **d.source_args)
-        df = source.manifest(
-            cfg.task,
-            fraction=d.fraction,
-            sampling=d.sampling,
-            seed=cfg.train.seed,
-            labels_from=d.labels_from,
-            split_mode=d.split_mode,
-            split_seed=d.split_seed,
-        )
-    if cfg.task == "cls":
-        columns = list(cls.labels) if cls.multilabel else ["label"]
-    else:
-        columns = ["rle"] if (cfg.task == "seg" and d.dataset == "siim") else ["boxes"]
-    return df, list(cls.labels), columns, cls.multilabel
-
-
-def select_labels(
-    labels: list[str], columns: list[str], wanted: list[str], multilabel: bool
-) -> tuple[list[str], list[str]]:
-    """Restrict a multi-label set to ``wanted`` (in the given order); empty = all."""
-    if not wanted:
-        return labels, columns
-    if not multilabel:
-        raise UserError("data.labels selects labels of a multi-label set; this one is multi-class")
-    unknown = [w for w in wanted if w not in labels]
-    if unknown:
-        raise UserError(f"data.labels: unknown label(s) {unknown}; this set has {labels}")
-    return list(wanted), list(wanted)
+    return manifest_of(
+        cfg.task, cfg.data, cfg.train.seed, output_dir, main=du.is_main(), barrier=du.barrier
+    )
 
 
 def _open_cache(folder: str) -> Any:
@@ -233,7 +111,7 @@ def _open_cache(folder: str) -> Any:
 
 def build_data(cfg: FinetuneConfig, output_dir: Path, img_size: int) -> TaskData:
     """Train / val / test datasets at ``img_size``."""
-    from ecamp.data.downstream import build_datasets
+    from ecamp.data.downstream import build_datasets, select_labels
 
     df, labels, columns, multilabel = build_manifest(cfg, output_dir)
     d = cfg.data
@@ -317,6 +195,7 @@ def evaluate(model: Any, dataset: Any, cfg: FinetuneConfig, data: TaskData) -> d
 
     from ecamp.data.sources.common import parse_boxes
     from ecamp.eval import metrics as M
+    from ecamp.eval.tasks import EVALUATORS
     from ecamp.train.loop import move_to_device, resolve_precision
 
     device = next(model.parameters()).device
@@ -349,27 +228,16 @@ def evaluate(model: Any, dataset: Any, cfg: FinetuneConfig, data: TaskData) -> d
     model.train(was_training)
     name = task_metric(cfg.task, data.multilabel)
     if cfg.task == "cls":
-        y_score = np.concatenate(scores)
-        y_true = dataset.targets
-        if data.multilabel:
-            per = M.label_aucs(y_true, y_score)
-            with np.errstate(all="ignore"):
-                value = float(np.nanmean(per)) if np.isfinite(per).any() else float("nan")
-            return {name: value, "per_label": dict(zip(data.labels, (_finite(v) for v in per)))}
-        return {name: M.accuracy(y_true, y_score)}
+        return EVALUATORS["cls"](
+            dataset.targets, np.concatenate(scores), data.labels, data.multilabel, name
+        )
     if cfg.task == "seg":
-        ii, tt = np.concatenate(inter), np.concatenate(total)
-        both = {f"dice_{r}": M.dice_from_counts(ii, tt, r) for r in M.DICE_REDUCTIONS}
-        return {name: both[f"dice_{cfg.seg_dice}"], **both}
+        return EVALUATORS["seg"](np.concatenate(inter), np.concatenate(total), cfg.seg_dice, name)
     targets = [
         np.asarray(parse_boxes(str(s or "[]")), np.float32).reshape(-1, 4)
         for s in dataset.frame["boxes"]
     ]
-    other = "coco" if cfg.det_protocol == "mgca" else "mgca"
-    return {
-        name: M.detection_map(preds, targets, protocol=cfg.det_protocol),
-        f"map_{other}": M.detection_map(preds, targets, protocol=other),
-    }
+    return EVALUATORS["det"](preds, targets, cfg.det_protocol, name)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -480,9 +348,9 @@ def finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
 
 def embedded_config_path(task: str) -> Path:
     """The packaged default config of ``task`` (``ecamp/resources/configs/finetune_<task>.yaml``)."""
-    from ecamp.train.pretrain import embedded_config_path as packaged
+    from ecamp.config.embedded import embedded_config
 
-    return packaged(f"finetune_{task}.yaml")
+    return embedded_config(f"finetune_{task}.yaml")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -562,8 +430,9 @@ def _default_output(cfg: FinetuneConfig) -> Path:
 def run(args: argparse.Namespace) -> int:
     """Entry point of `ecamp finetune`."""
     from ecamp.utils.logging import setup_logging
+    from ecamp.utils.ranks import env_rank
 
-    rank = int(os.environ.get("RANK", "0"))
+    rank = env_rank()
     cfg = resolve_config(args)
     out = Path(args.output or cfg.output or _default_output(cfg))
     cfg.output = str(out)
@@ -585,7 +454,5 @@ __all__ = [
     "build_model",
     "evaluate",
     "finetune",
-    "phantom_classes",
-    "phantom_manifest",
     "task_metric",
 ]

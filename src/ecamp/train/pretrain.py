@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ecamp.config import PretrainConfig, apply_overrides, from_dict, read_yaml
+from ecamp.config.embedded import embedded_config
 from ecamp.errors import UserError
 from ecamp.utils.cliargs import add_config_args
 from ecamp.utils.logging import get_logger
+from ecamp.utils.ranks import env_rank
 
 HELP = "pre-train ECAMP: masked image + entity-centered language modelling, guided SR, MSCF"
 DEFAULT_CONFIG = "pretrain_default.yaml"
@@ -28,7 +28,7 @@ log = get_logger(__name__)
 
 def embedded_config_path(name: str = DEFAULT_CONFIG) -> Path:
     """Path of a config shipped inside the package (``ecamp/resources/configs``)."""
-    return Path(str(resources.files("ecamp") / "resources" / "configs" / name))
+    return embedded_config(name)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -332,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
         setup_logging()
         print(json.dumps(export_only(args.output)))
         return 0
-    rank = int(os.environ.get("RANK", "0"))
+    rank = env_rank()
     cfg = resolve_config(args)
     out = Path(args.output or cfg.output or _default_output())
     cfg.output = str(out)

@@ -23,7 +23,7 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,9 @@ import pandas as pd
 from ecamp.data import splits as release
 from ecamp.errors import DataError, UserError
 from ecamp.utils.logging import get_logger
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 log = get_logger(__name__)
 
@@ -173,6 +176,9 @@ class DownstreamSource:
     seg_target: ClassVar[str] = "boxes"  # manifest column a segmentation mask is built from
     # task -> (release split folder, dataset folder)
     release_sets: ClassVar[dict[str, tuple[str, str]]] = {}
+    # drawn by ecamp (the phantom world) rather than read from official files: no prepared
+    # manifests (``data.manifest``) apply
+    generated: ClassVar[bool] = False
 
     def __init__(self, root: str | Path, missing: str = "skip") -> None:
         """``missing``: what to do with list entries absent from the local copy (skip | fail)."""
@@ -182,6 +188,29 @@ class DownstreamSource:
         if missing not in ("skip", "fail"):
             raise UserError(f"missing must be 'skip' or 'fail', not {missing!r}")
         self.missing = missing
+
+    @classmethod
+    def from_data_config(
+        cls,
+        data: Any,
+        workdir: Path,
+        *,
+        main: bool = True,
+        barrier: Callable[[], None] | None = None,
+    ) -> DownstreamSource:
+        """The adapter a downstream data config (``data.root``, ``data.source_args``) names.
+
+        ``workdir`` / ``main`` / ``barrier`` serve sources drawn on the fly (the phantom
+        world); a real dataset only needs its root.
+        """
+        if not data.root:
+            raise UserError(f"data.dataset={data.dataset}: give --data-root (the dataset's folder)")
+        return cls(data.root, **data.source_args)
+
+    @classmethod
+    def class_names(cls, task: str, wanted: Sequence[str] = ()) -> list[str]:
+        """The class names of ``task``'s targets (``wanted``: classes a source lets one pick)."""
+        return list(cls.labels)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -197,11 +226,12 @@ class DownstreamSource:
         return entry
 
     # ---- shared
-    def label_columns(self, task: str = "cls") -> list[str]:
+    @classmethod
+    def label_columns(cls, task: str = "cls") -> list[str]:
         """Manifest columns holding the targets of ``task``."""
         if task == "cls":
-            return list(self.labels) if self.multilabel else ["label"]
-        return [self.seg_target] if task == "seg" else ["boxes"]
+            return list(cls.labels) if cls.multilabel else ["label"]
+        return [cls.seg_target] if task == "seg" else ["boxes"]
 
     def _check_task(self, task: str) -> None:
         if task not in self.release_sets:
