@@ -406,15 +406,15 @@ def _export(args: argparse.Namespace) -> int:
 def _train_student(args: argparse.Namespace) -> int:
     from ecamp.distill.student import load_student_config, train_student
     from ecamp.errors import UserError
+    from ecamp.utils.env import launch_rank
     from ecamp.utils.logging import setup_logging
-    from ecamp.utils.ranks import env_rank
 
     if not args.output:
         raise UserError("give --output DIR for the checkpoints, logs and the trained model/")
     cfg = load_student_config(args.config, args.overrides)
     cfg.data = args.data or cfg.data
     cfg.base = args.base or cfg.base
-    setup_logging(args.output, rank=env_rank())
+    setup_logging(args.output, rank=launch_rank())
     result = train_student(cfg, args.output)
     if "model" in result:
         print(json.dumps({k: v for k, v in result.items() if k != "config"}))

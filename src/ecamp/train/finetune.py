@@ -429,10 +429,10 @@ def _default_output(cfg: FinetuneConfig) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `ecamp finetune`."""
+    from ecamp.utils.env import launch_rank
     from ecamp.utils.logging import setup_logging
-    from ecamp.utils.ranks import env_rank
 
-    rank = env_rank()
+    rank = launch_rank()
     cfg = resolve_config(args)
     out = Path(args.output or cfg.output or _default_output(cfg))
     cfg.output = str(out)

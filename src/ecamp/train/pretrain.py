@@ -17,8 +17,8 @@ from ecamp.config import PretrainConfig, apply_overrides, from_dict, read_yaml
 from ecamp.config.embedded import embedded_config
 from ecamp.errors import UserError
 from ecamp.utils.cliargs import add_config_args
+from ecamp.utils.env import launch_rank
 from ecamp.utils.logging import get_logger
-from ecamp.utils.ranks import env_rank
 
 HELP = "pre-train ECAMP: masked image + entity-centered language modelling, guided SR, MSCF"
 DEFAULT_CONFIG = "pretrain_default.yaml"
@@ -332,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
         setup_logging()
         print(json.dumps(export_only(args.output)))
         return 0
-    rank = env_rank()
+    rank = launch_rank()
     cfg = resolve_config(args)
     out = Path(args.output or cfg.output or _default_output())
     cfg.output = str(out)
