@@ -1,20 +1,9 @@
 """`ecamp export`: any encoder checkpoint -> the timm-compatible safetensors + JSON form.
 
-:func:`ecamp.models.factory.create_encoder` (``resolve_encoder`` here) is the one place that
-turns an encoder *source* into a timm ``VisionTransformer``; `ecamp finetune --init` uses it too.  A source is one of
-
-- ``random``: a fresh ViT of the architecture given by ``arch`` (timm's default init);
-- an exported encoder (the folder holding ``encoder.safetensors`` + ``encoder.json``, or the
-  ``.safetensors`` file itself), as written by :func:`ecamp.models.checkpoints.export_encoder`;
-- an ecamp run folder (``<run>/checkpoints/latest`` is used) or a training checkpoint ``.pt``
-  of `ecamp pretrain` or `ecamp finetune` (the ``encoder.*`` tensors are taken);
-- the authors' released ECAMP checkpoint (recognised by its ``bert_encoder.*`` keys);
-- any other ViT state dict with timm names (ImageNet MAE ``.pth``, a timm ``.safetensors``);
-- a timm model name (``vit_base_patch16_224.mae``): timm fetches its pretrained weights from
-  its hub, which needs a machine that is online.
-
-The encoder is built at the requested input size; the position embedding is resampled
-when the checkpoint was trained at another size.
+Which sources are accepted (random, exported encoders, run folders and training checkpoints,
+the authors' release, timm state dicts and model names) and how each becomes a timm
+``VisionTransformer`` is :func:`ecamp.models.factory.create_encoder` (``resolve_encoder``
+here), the one place `ecamp finetune --init` uses too; this module is the command.
 """
 
 from __future__ import annotations
