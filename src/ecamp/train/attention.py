@@ -79,18 +79,18 @@ def load_manifest(cfg: AttentionConfig, output: Path | None) -> pd.DataFrame:
     if not path:
         if output is None:
             raise UserError("data.manifest is empty; give a manifest")
-        from ecamp.data.synthetic import make_phantom_world
+        from ecamp.data.sources.phantom import ensure_world
 
-        folder = output / "phantom"
-        path = str(folder / "manifest.csv")
-        if du.is_main() and not Path(path).is_file():
-            log.info(
-                "no data.manifest: writing a phantom world of %d images to %s",
-                cfg.data.synthetic_n,
-                folder,
+        path = str(
+            ensure_world(
+                output / "phantom",
+                n=cfg.data.synthetic_n,
+                size=256,
+                seed=cfg.data.synthetic_seed,
+                main=du.is_main(),
+                barrier=du.barrier,
             )
-            make_phantom_world(folder, n=cfg.data.synthetic_n, seed=cfg.data.synthetic_seed)
-        du.barrier()
+        )
     df = read_table(path)
     out = validate_pretrain(df, str(path), bad_rows=cfg.data.bad_rows)
     out.attrs["source"] = str(Path(path).resolve())

@@ -85,23 +85,19 @@ def build_dataset(cfg: PretrainConfig, output_dir: Path) -> Any:
 
     manifest_path = cfg.data.manifest
     if not manifest_path:
-        from ecamp.data.synthetic import make_phantom_world
+        from ecamp.data.sources.phantom import ensure_world
 
-        world = output_dir / "phantom"
-        manifest_path = str(world / "manifest.csv")
-        if du.is_main() and not Path(manifest_path).is_file():
-            log.info(
-                "no data.manifest given: generating the phantom world (%d images) in %s",
-                cfg.data.synthetic_n,
-                world,
-            )
-            make_phantom_world(
-                world,
+        log.info("no data.manifest given: the phantom world stands in")
+        manifest_path = str(
+            ensure_world(
+                output_dir / "phantom",
                 n=cfg.data.synthetic_n,
                 size=max(256, cfg.model.hr_size),
                 seed=cfg.data.synthetic_seed,
+                main=du.is_main(),
+                barrier=du.barrier,
             )
-        du.barrier()
+        )
     df = load_pretrain_manifest(manifest_path, bad_rows=cfg.data.bad_rows)
     if "split" in df.columns:
         train = df[df["split"] == "train"]
