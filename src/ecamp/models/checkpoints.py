@@ -81,17 +81,18 @@ def latest_step_file(root: str | Path) -> Path | None:
 
 def checkpoint_file(path: str | Path) -> Path:
     """The tensor file a checkpoint *path* names: the file itself, an exported encoder
-    folder's ``encoder.safetensors``, or a run / ``checkpoints`` folder's newest step file."""
+    folder's ``encoder.safetensors`` (beside its ``encoder.json``, as `ecamp export` writes
+    them), or a run / ``checkpoints`` folder's newest step file."""
     p = Path(path)
     if not p.is_dir():
         return p
-    if (p / ENCODER_FILE).is_file():
+    if (p / ENCODER_FILE).is_file() and (p / ENCODER_CONFIG).is_file():
         return p / ENCODER_FILE
     sub = p / "checkpoints" if (p / "checkpoints").is_dir() else p
     found = latest_step_file(sub)
     if found is None:
         raise UserError(
-            f"{p} holds neither an exported encoder ({ENCODER_FILE}) "
+            f"{p} holds neither an exported encoder ({ENCODER_FILE} + {ENCODER_CONFIG}) "
             "nor training checkpoints (checkpoints/step_*.pt)"
         )
     return found

@@ -229,26 +229,15 @@ def resolve_encoder(
     """Build the timm ViT encoder ``source`` names (see the module docstring), at ``img_size``
     (``None``: the size the source was trained at) with stochastic depth ``drop_path``."""
     from ecamp.errors import UserError
-    from ecamp.models.checkpoints import ENCODER_CONFIG, ENCODER_FILE, latest_step_file
+    from ecamp.models.checkpoints import checkpoint_file
 
     text = (source or "random").strip()
     if text == "random":
         vit = _build_vit((arch or EncoderArch()).kwargs(), img_size, drop_path)
         return ResolvedEncoder(vit, "random", "random")
     path = Path(text).expanduser()
-    if path.is_dir():
-        if (path / ENCODER_FILE).is_file() and (path / ENCODER_CONFIG).is_file():
-            return _from_file(path / ENCODER_FILE, img_size, drop_path)
-        ckpts = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        latest = latest_step_file(ckpts)
-        if latest is None:
-            raise UserError(
-                f"{path} holds neither an exported encoder ({ENCODER_FILE} + {ENCODER_CONFIG}) "
-                "nor training checkpoints (checkpoints/step_*.pt)"
-            )
-        return _from_file(latest, img_size, drop_path)
-    if path.is_file():
-        return _from_file(path, img_size, drop_path)
+    if path.is_dir() or path.is_file():  # an exported encoder folder or a run: its tensor file
+        return _from_file(checkpoint_file(path), img_size, drop_path)
     if "/" in text or text.endswith((".pt", ".pth", ".safetensors", ".bin")):
         raise UserError(f"encoder checkpoint {path} does not exist")
     return _from_timm_name(text, img_size, drop_path)
