@@ -1,7 +1,7 @@
 """Does a tiny GLoRIA put an entity word's attention on its lesion? (phantom world, CPU)
 
 Trains GLoRIA (``model.preset=tiny_cnn`` by default) for a few hundred steps on the synthetic phantom world,
-then, on the held-out images (validate + test splits), measures for every lesion whose class
+then, on the held-out images (val + test splits), measures for every lesion whose class
 the distilled report mentions positively the fraction of that entity word's attention inside
 the lesion's box.  Prints one JSON line::
 
@@ -105,7 +105,7 @@ def main() -> None:
         from ecamp.train.attention import load_trained
 
         model, cfg = load_trained(run)
-        held = select_splits(load_manifest(cfg, None), ("validate", "test"))
+        held = select_splits(load_manifest(cfg, None), ("val", "test"))
         ds = AttentionDataset(held, cfg.data, cfg.model.img_size, cfg.model.in_chans, train=False)
         collate = GloriaCollator(load_tokenizer(cfg.data.tokenizer), cfg.model.max_text_len)
         res = localization(model, ds, collate, manifest_boxes(held) or [])

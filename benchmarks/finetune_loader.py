@@ -70,7 +70,7 @@ def manifest(paths: list[str], shape: tuple[int, int], prefix: str) -> pd.DataFr
     return pd.DataFrame(
         {
             "id": [f"{prefix}{i}" for i in range(len(paths))],
-            "path": paths,
+            "image": paths,
             "split": "train",
             "A": 1.0,
             "rle": rle_encode(mask),

@@ -29,7 +29,7 @@ def run(tmp_path_factory):
         "model.depth=1",
         "model.text_depth=1",
         f"data.manifest={manifest}",
-        "data.splits=[train,validate]",
+        "data.splits=[train,val]",
     ]
     train = [
         "attention", "train", "-o", str(root / "model"), *common,

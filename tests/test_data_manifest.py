@@ -27,7 +27,7 @@ def test_round_trip_formats_keep_ids_as_strings(tmp_path, name):
     path = write_table(_df(), tmp_path / name)
     df = load_pretrain_manifest(path)
     assert df["id"].tolist() == ["001", "002", "003"]  # leading zeros survive
-    assert df["split"].tolist() == ["train", "validate", "test"]
+    assert df["split"].tolist() == ["train", "val", "test"]
     assert df["distilled"].tolist() == ["There is no effusion.", "", ""]
     assert df.attrs["root"] == str(tmp_path.resolve())
 

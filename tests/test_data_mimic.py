@@ -71,7 +71,7 @@ def test_manifest_from_fake_tree(tmp_path):
     df = build_mimic_manifest(jpg, rep, split, meta, views=FRONTAL_VIEWS)
     assert df["id"].tolist() == ["d1", "d3"]  # lateral, empty report and missing JPEG dropped
     assert df["image"][0] == "files/p10/p10000032/s50414267/d1.jpg"
-    assert df["split"].tolist() == ["train", "validate"]
+    assert df["split"].tolist() == ["train", "val"]
     assert df["study_id"].tolist() == ["50414267", "53189527"]
     report = df["report"][0]
     assert report.startswith("There is a small right 50414267 pleural effusion. No pneumothorax.")

@@ -30,7 +30,7 @@ def _png(folder, rel) -> np.ndarray:
 def test_manifest_format(world):
     out, df = world
     clean = load_pretrain_manifest(out / "manifest.csv")  # fits the pre-training manifest
-    assert len(clean) == N and set(clean["split"]) == {"train", "validate", "test"}
+    assert len(clean) == N and set(clean["split"]) == {"train", "val", "test"}
     assert (clean["distilled"] != "").all()
     for c in LESION_CLASSES:
         assert 0.04 < df[f"label_{c}"].mean() < 0.35, c  # mostly negative, never absent

@@ -116,7 +116,7 @@ def _downstream(tmp_path, paths: list[str], shapes: list[tuple[int, int]]) -> pd
         rows.append(
             {
                 "id": f"r{i}",
-                "path": p,
+                "image": p,
                 "split": "train",
                 "A": float(rng.random() > 0.5),
                 "rle": "" if not mask.any() else rle_encode(mask),
@@ -227,7 +227,7 @@ def test_cache_stage_and_finetune_read_the_cache(tmp_path, capsys):
     capsys.readouterr()
     shutil.rmtree(cache)
     other = _images(tmp_path / "img", 2)
-    build_downstream_cache(other.rename(columns={"image": "path"}), cache, size=48)
+    build_downstream_cache(other, cache, size=48)
     assert (
         main(["finetune", "--output", str(tmp_path / "bad"), f"data.cache={cache}", *common]) == 2
     )

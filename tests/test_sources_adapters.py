@@ -65,7 +65,7 @@ def cxr14_tree(tmp_path):
 def test_chestxray14_release_and_random_splits(cxr14_tree):
     src = get_source("chestxray14", cxr14_tree)
     m = src.manifest("cls", fraction=1)
-    assert list(m.columns) == ["id", "path", "split", *CXR14_LABELS]
+    assert list(m.columns) == ["id", "image", "split", *CXR14_LABELS]
     assert m["split"].value_counts().to_dict() == {"train": 2, "val": 2, "test": 2}
     listed = first("Classification", "ChestX-ray14", "train_1")
     row = m[m["id"] == listed["path"][0].split("/")[-1]].iloc[0]
@@ -153,7 +153,7 @@ def test_chexpert_uncertain_policies(tmp_path):
             tr[0], ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
         ]
         assert got.tolist() == row, policy
-        assert m.set_index("id").loc[tr[0], "path"] == str(tmp_path / tr[0])
+        assert m.set_index("id").loc[tr[0], "image"] == str(tmp_path / tr[0])
     ign = get_source("chexpert", tmp_path, uncertain="ignore").manifest(
         "cls", fraction=100, split_mode="release"
     )
@@ -228,7 +228,7 @@ def test_rsna_detection_boxes_and_classes(rsna_tree):
     for path, bbox in listed[["image_path", "bbox"]].itertuples(index=False):
         want = [b for b in json.loads(bbox) if b[2] > b[0]]
         assert json.loads(det.loc[path.split("/")[-1][:-4], "boxes"]) == want
-        assert det.loc[path.split("/")[-1][:-4], "path"].endswith(".dcm")
+        assert det.loc[path.split("/")[-1][:-4], "image"].endswith(".dcm")
     table = src.table("det").set_index("id")
     assert json.loads(table.loc["extra-pid", "boxes"]) == [[10, 20, 40, 60], [50, 60, 55, 65]]
     full = src.manifest("det", fraction=100, labels_from="official")
@@ -271,7 +271,7 @@ def test_covidx_split_files(tmp_path):
     (tmp_path / "test_COVIDx9A.txt").write_text("\n".join(lines["test"]) + "\n")
     src = get_source("covidx", tmp_path)
     m = src.manifest("cls", fraction=1, labels_from="official")
-    assert list(m.columns) == ["id", "path", "split", "label"]
+    assert list(m.columns) == ["id", "image", "split", "label"]
     listed = pd.concat(
         [first("Classification", "COVIDx", s, 3) for s in ("train_1", "val", "test")]
     )
@@ -304,7 +304,7 @@ def test_siim_rle_rows_and_layout(tmp_path):
             tmp_path / "dicom-images-train" / f"study{i}" / f"series{i}" / f"{image_id}.dcm"
         )
     m = get_source("siim", tmp_path).manifest("seg", fraction=1)
-    assert list(m.columns) == ["id", "path", "split", "rle"]
+    assert list(m.columns) == ["id", "image", "split", "rle"]
     both = rle.groupby("ImageId")[" EncodedPixels"].agg(
         lambda s: "|".join(x.strip() for x in s if x.strip() != "-1")
     )

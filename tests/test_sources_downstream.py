@@ -29,7 +29,7 @@ def images(tmp_path):
 
 def test_classification_items(images):
     m = pd.DataFrame(
-        {"id": ["a", "b"], "path": images, "split": "train", "A": [1.0, np.nan], "B": [0.0, 1.0]}
+        {"id": ["a", "b"], "image": images, "split": "train", "A": [1.0, np.nan], "B": [0.0, 1.0]}
     )
     ds = DownstreamDataset(m, "cls", ["A", "B"], size=32)
     item = ds[0]
@@ -40,7 +40,7 @@ def test_classification_items(images):
     assert item["image"].max().item() == pytest.approx((1 - 0.4721) / 0.3037, abs=0.05)
     assert item["label"].tolist() == [1.0, 0.0]
     assert torch.isnan(ds[1]["label"][0])
-    mc = pd.DataFrame({"id": ["a"], "path": images[:1], "split": "test", "label": [2]})
+    mc = pd.DataFrame({"id": ["a"], "image": images[:1], "split": "test", "label": [2]})
     assert (
         DownstreamDataset(mc, "cls", ["label"], multilabel=False, size=16)[0]["label"].item() == 2
     )
@@ -49,7 +49,7 @@ def test_classification_items(images):
 
 
 def test_training_augmentation_is_a_function_of_the_seed(images):
-    m = pd.DataFrame({"id": ["a"], "path": images[:1], "split": "train", "A": [1.0]})
+    m = pd.DataFrame({"id": ["a"], "image": images[:1], "split": "train", "A": [1.0]})
     ds = DownstreamDataset(m, "cls", ["A"], size=32, train=True, crop_scale=(0.3, 0.6))
     a, b, c = ds[(0, 5)]["image"], ds[(0, 5)]["image"], ds[(0, 6)]["image"]
     assert torch.equal(a, b) and not torch.equal(a, c)
@@ -59,7 +59,7 @@ def test_training_augmentation_is_a_function_of_the_seed(images):
 def test_detection_boxes_scaled_and_mapped_back(images):
     boxes = [[4.0, 3.0, 20.0, 15.0], [30.0, 20.0, 38.0, 28.0]]
     m = pd.DataFrame(
-        {"id": ["a", "b"], "path": images, "split": "val", "boxes": [json.dumps(boxes), "[]"]}
+        {"id": ["a", "b"], "image": images, "split": "val", "boxes": [json.dumps(boxes), "[]"]}
     )
     ds = DownstreamDataset(m, "det", ["boxes"], size=20, max_boxes=4)
     item = ds[0]
@@ -80,7 +80,7 @@ def test_segmentation_masks_from_rle_and_boxes(images):
     mask = np.zeros((30, 40), bool)
     mask[10:20, 5:25] = True
     m = pd.DataFrame(
-        {"id": ["a", "b"], "path": images, "split": "test", "rle": [rle_encode(mask), ""]}
+        {"id": ["a", "b"], "image": images, "split": "test", "rle": [rle_encode(mask), ""]}
     )
     ds = DownstreamDataset(m, "seg", ["rle"], size=20)
     got = ds[0]["mask"]
@@ -89,7 +89,7 @@ def test_segmentation_masks_from_rle_and_boxes(images):
     assert got[0, 7:13, 3:12].all() and got.sum() == got[0, 6:14, 2:13].sum()
     assert ds[1]["mask"].sum() == 0
     mb = pd.DataFrame(
-        {"id": ["a"], "path": images[:1], "split": "test", "boxes": [json.dumps([[0, 0, 20, 15]])]}
+        {"id": ["a"], "image": images[:1], "split": "test", "boxes": [json.dumps([[0, 0, 20, 15]])]}
     )
     got = DownstreamDataset(mb, "seg", ["boxes"], size=20)[0]["mask"][0]
     assert got[:10, :10].all() and not got[10:, :].any() and not got[:, 10:].any()
@@ -99,7 +99,7 @@ def test_build_datasets_and_manifest_roundtrip(images, tmp_path):
     m = pd.DataFrame(
         {
             "id": ["a", "b"],
-            "path": images,
+            "image": images,
             "split": ["train", "test"],
             "boxes": ["[[1.0, 2.0, 3.0, 4.0]]", "[]"],
         }
@@ -123,7 +123,7 @@ def test_real_siim_dicom_with_challenge_rle(test_data):
     assert table.set_index("ImageId").loc[dcm.stem, "EncodedPixels"].strip() == "-1"
     positive = table[table["EncodedPixels"].str.strip() != "-1"]["EncodedPixels"].iloc[0]
     m = pd.DataFrame(
-        {"id": ["neg", "pos"], "path": [str(dcm)] * 2, "split": "test", "rle": ["", positive]}
+        {"id": ["neg", "pos"], "image": [str(dcm)] * 2, "split": "test", "rle": ["", positive]}
     )
     ds = DownstreamDataset(m, "seg", ["rle"], size=64)
     neg, pos = ds[0], ds[1]

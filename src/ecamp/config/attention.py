@@ -19,7 +19,7 @@ class AttentionDataConfig:
     manifest: str = ""  # empty: a phantom world generated into <output>/phantom
     image_root: str = ""
     cache: str = ""  # an image cache folder (ecamp.data.cache); empty = decode files
-    splits: tuple[str, ...] = ("train",)  # rows trained on
+    splits: tuple[str, ...] = ("train",)  # rows trained on (old names such as validate work)
     text: Literal["distilled", "report"] = (
         "distilled"  # distilled (see module doc for the fall-backs) | report
     )
@@ -47,7 +47,7 @@ class ExportConfig:
     pool: Literal["all", "entity"] = "all"  # all (one map per image) | entity (also one per entity)
     shard_size: int = 1024
     batch_size: int = 64
-    splits: tuple[str, ...] = ("train", "validate", "test")
+    splits: tuple[str, ...] = ("train", "val", "test")
 
 
 # the GLoRIA paper's optimisation (Adam, lr 5e-5, weight decay 1e-6, batch 48, 50 epochs)

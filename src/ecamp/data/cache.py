@@ -151,8 +151,9 @@ def build_cache(
     """
     # imported here so `ecamp --help` (which imports every stage module) stays light
     from ecamp.data.images import content_box, prepare_image
-    from ecamp.data.manifest import resolve_image
+    from ecamp.data.manifest import normalize_manifest, resolve_image
 
+    manifest = normalize_manifest(manifest)
     if fmt not in FORMATS:
         raise UserError(f"cache format must be one of {FORMATS}, not {fmt!r}")
     folder = Path(out_dir)
@@ -406,8 +407,9 @@ def add_arguments(parser: Any) -> None:
     """Flags of the cache builder (an ``ecamp`` stage module)."""
     parser.add_argument(
         "source",
-        help="a pre-training manifest (.csv/.jsonl/.parquet with id and image columns), a "
-        "downstream manifest CSV (id and path columns), or a downstream set by name: "
+        help="a pre-training manifest (.csv/.jsonl/.parquet with id, image and report "
+        "columns), a downstream manifest CSV (id and image columns, no report), or a "
+        "downstream set by name: "
         + ", ".join(DOWNSTREAM)
         + " (with --data-root; caches the images of every split list of the set)",
     )
@@ -478,7 +480,7 @@ def _run_downstream(args: Any) -> CacheReport:
         from ecamp.data.downstream import load_manifest
 
         per_task = {"seg" if "seg" in (args.task or ()) else "images": load_manifest(args.source)}
-    images = pd.concat([df[["id", "path"]] for df in per_task.values()], ignore_index=True)
+    images = pd.concat([df[["id", "image"]] for df in per_task.values()], ignore_index=True)
     kwargs = dict(
         size=args.size,
         num_workers=args.workers,
@@ -500,7 +502,8 @@ def run(args: Any) -> int:
     df = None
     if args.source not in DOWNSTREAM:
         df = read_table(args.source)
-    if df is None or ("image" not in df.columns and "path" in df.columns):
+    # both kinds name their images "image"; only a pre-training manifest carries reports
+    if df is None or "report" not in df.columns:
         report = _run_downstream(args)
     else:
         require_columns(df, ("id", "image"))

@@ -1,7 +1,9 @@
 """Torch datasets over downstream manifests (classification / segmentation / detection).
 
 A manifest comes from an adapter in :mod:`ecamp.data.sources` (see ``sources/common.py`` for
-its columns); :func:`get_source` builds one by name.  Each item is a dict:
+its columns); :func:`get_source` builds one by name.  Manifests are read in the one vocabulary
+of :mod:`ecamp.data.manifest` (older ``path`` columns and ``validate`` splits included).  Each
+item is a dict:
 
 - ``image`` (3,S,S) float, resized to ``size`` (squashed, both sides), normalised with
   mean 0.4721 / std 0.3037; training adds a random resized crop (scale ``crop_scale``) and a
@@ -32,6 +34,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from ecamp.data.manifest import SPLITS, normalize_manifest
 from ecamp.data.sources.chestxray14 import ChestXray14
 from ecamp.data.sources.chexpert import CheXpert
 from ecamp.data.sources.common import DownstreamSource, parse_boxes
@@ -103,7 +106,8 @@ class DownstreamDataset(Dataset):
 
         if task not in TASKS:
             raise UserError(f"task must be one of {TASKS}, not {task!r}")
-        missing = [c for c in ["path", *label_columns] if c not in manifest.columns]
+        manifest = normalize_manifest(manifest)
+        missing = [c for c in ["image", *label_columns] if c not in manifest.columns]
         if missing:
             raise UserError(f"downstream manifest lacks column(s) {missing}")
         self.frame = manifest.reset_index(drop=True)
@@ -129,7 +133,7 @@ class DownstreamDataset(Dataset):
             if not self.ids:
                 raise UserError("a downstream manifest read through a cache needs an id column")
             prepare_size = cache.size
-            cache.check(self.ids, self.frame["path"].astype(str).tolist())
+            cache.check(self.ids, self.frame["image"].astype(str).tolist())
             if task == "seg":
                 shapes = cache.images.orig_shapes
                 self.mask_keys = [
@@ -160,9 +164,9 @@ class DownstreamDataset(Dataset):
             img = self.cache.images.get(key)
             return img, self.cache.images.orig_shapes[key]
         if self.prepare_size:
-            img, _, original = prepare_image(row["path"], self.prepare_size, "squash")
+            img, _, original = prepare_image(row["image"], self.prepare_size, "squash")
             return img, original
-        img = load_image(row["path"])
+        img = load_image(row["image"])
         return img, (int(img.shape[0]), int(img.shape[1]))
 
     def _mask(self, index: int, row: dict, shape: tuple[int, int]) -> torch.Tensor:
@@ -173,7 +177,7 @@ class DownstreamDataset(Dataset):
         if self.cache is not None:
             m = self.cache.masks.get(self.mask_keys[index])
         else:
-            mask = full_mask(*mask_target(row), shape, where=str(row["path"]))
+            mask = full_mask(*mask_target(row), shape, where=str(row["image"]))
             if not self.prepare_size:
                 return torch.from_numpy(mask.astype(np.float32))[None]
             m = prepare_mask(mask, self.prepare_size)
@@ -223,8 +227,9 @@ def build_datasets(
     **kwargs,
 ) -> dict[str, DownstreamDataset]:
     """One dataset per split of the manifest (training augmentation on ``train`` only)."""
+    manifest = normalize_manifest(manifest)
     out = {}
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         part = manifest[manifest["split"] == split]
         if len(part):
             out[split] = DownstreamDataset(
@@ -289,14 +294,15 @@ def select_labels(
 
 
 def save_manifest(manifest: pd.DataFrame, path: str | Path) -> Path:
-    """Write a downstream manifest as CSV (boxes stay JSON strings)."""
+    """Write a downstream manifest as CSV (boxes stay JSON strings), in the one vocabulary."""
     from ecamp.utils.io import atomic_write
 
-    return atomic_write(path, lambda tmp: manifest.to_csv(tmp, index=False))
+    out = normalize_manifest(manifest)
+    return atomic_write(path, lambda tmp: out.to_csv(tmp, index=False))
 
 
 def load_manifest(path: str | Path) -> pd.DataFrame:
-    """Read a downstream manifest written by :func:`save_manifest`."""
+    """Read a downstream manifest written by :func:`save_manifest` (or in the old vocabulary)."""
     from ecamp.utils.tables import read_csv
 
     df = read_csv(
@@ -308,7 +314,7 @@ def load_manifest(path: str | Path) -> pd.DataFrame:
     for col in ("boxes", "rle"):
         if col in df.columns:
             df[col] = df[col].fillna("")
-    return df
+    return normalize_manifest(df)
 
 
 __all__ = [

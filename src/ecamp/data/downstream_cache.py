@@ -34,6 +34,7 @@ from ecamp.data.cache import (
     _open_array,
     build_cache,
 )
+from ecamp.data.manifest import normalize_manifest
 from ecamp.errors import DataError, UserError
 from ecamp.utils.io import atomic_write_text
 from ecamp.utils.logging import get_logger
@@ -257,11 +258,12 @@ def build_downstream_cache(
     quality: int = 90,
     retry_failed: bool = False,
 ) -> tuple[CacheReport, int]:
-    """Cache the images of a downstream manifest (``id``, ``path``) and, with ``seg``, the
+    """Cache the images of a downstream manifest (``id``, ``image``) and, with ``seg``, the
     masks of its ``rle`` / ``boxes`` targets; returns the image report and the masks built."""
-    if "path" not in manifest.columns or "id" not in manifest.columns:
-        raise UserError("a downstream manifest needs the columns id and path")
-    images = manifest.assign(id=manifest["id"].astype(str), image=manifest["path"].astype(str))
+    manifest = normalize_manifest(manifest)
+    if "image" not in manifest.columns or "id" not in manifest.columns:
+        raise UserError("a downstream manifest needs the columns id and image")
+    images = manifest.assign(id=manifest["id"].astype(str), image=manifest["image"].astype(str))
     report = build_cache(
         images[["id", "image"]],
         out_dir,

@@ -196,8 +196,12 @@ class GloriaCollator:
 
 
 def select_splits(df: pd.DataFrame, splits: tuple[str, ...]) -> pd.DataFrame:
-    """The rows of ``df`` in ``splits`` (index reset, ``attrs`` kept)."""
-    out = df[df["split"].isin(list(splits))].reset_index(drop=True)
+    """The rows of ``df`` (a normalised manifest) in ``splits`` (index reset, ``attrs`` kept);
+    the names are read as :func:`ecamp.data.manifest.split_name` reads them, so a config's
+    ``[train, validate]`` still selects the val rows."""
+    from ecamp.data.manifest import split_name
+
+    out = df[df["split"].isin([split_name(s) for s in splits])].reset_index(drop=True)
     out.attrs = dict(df.attrs)
     return out
 

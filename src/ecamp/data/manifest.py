@@ -1,4 +1,10 @@
-"""The one table every dataset becomes.
+"""The one table every dataset becomes, and the one vocabulary of its columns and splits.
+
+Every manifest, pre-training or downstream, names its image column ``image`` (:data:`IMAGE`)
+and its splits ``train`` | ``val`` | ``test`` (:data:`SPLITS`).  Readers also accept the older
+spellings (:func:`normalize_manifest`): a ``path`` column is read as ``image``, and splits
+``validate`` / ``valid`` / ``validation`` / ``dev`` as ``val``, so existing files still load;
+writers write only the new names.
 
 A *pre-training manifest* has one row per image:
 
@@ -10,17 +16,19 @@ image          image path, absolute or relative to an image root (see below)
 report         report text used for MLM (MIMIC: FINDINGS + IMPRESSION); never empty
 distilled      distilled report (SPEC section 1); may be empty
 study_id       the report/study the image belongs to (several images may share one)
-split          train | validate | test
+split          train | val | test
 guidance_id    optional key into a guidance store (defaults to ``id``)
 =============  =====================================================================
 
 ``id``, ``image`` and ``report`` are required; ``distilled`` defaults to "", ``study_id`` to
-the id and ``split`` to "train".  Split names ``val``/``valid``/``validation`` are read as
-``validate``.  Extra columns (labels, boxes, masks of the downstream tasks) are kept.
+the id and ``split`` to "train".  Extra columns (labels, boxes, masks of the downstream
+tasks) are kept.  A *downstream manifest* (:mod:`ecamp.data.sources.common`) shares ``id``,
+``image`` and ``split`` and carries its task's targets.
 
 Tables are CSV (``.csv``, ``.csv.gz``), JSON lines (``.jsonl``, ``.jsonl.gz``) or Parquet
 (``.parquet``), chosen by extension.  :func:`read_table` records the table's folder in
-``df.attrs["root"]`` so relative image paths can be resolved without extra arguments.
+``df.attrs["root"]`` so relative image paths can be resolved without extra arguments, and
+normalises the vocabulary.
 """
 
 from __future__ import annotations
@@ -39,17 +47,25 @@ if TYPE_CHECKING:  # heavy: imported where used, so `ecamp --help` stays fast
 
 log = get_logger(__name__)
 
-REQUIRED_COLUMNS: tuple[str, ...] = ("id", "image", "report")
-PRETRAIN_COLUMNS: tuple[str, ...] = ("id", "image", "report", "distilled", "study_id", "split")
-SPLITS: tuple[str, ...] = ("train", "validate", "test")
-_SPLIT_ALIASES = {
-    "val": "validate",
-    "valid": "validate",
-    "validation": "validate",
-    "dev": "validate",
-}
+IMAGE = "image"  # the image column of every manifest
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+# older spellings readers still accept: downstream manifests named the image column "path",
+# pre-training manifests (and MIMIC-CXR's split file) called the validation split "validate"
+COLUMN_ALIASES = {"path": IMAGE}
+SPLIT_ALIASES = {"validate": "val", "valid": "val", "validation": "val", "dev": "val"}
+REQUIRED_COLUMNS: tuple[str, ...] = ("id", IMAGE, "report")
+PRETRAIN_COLUMNS: tuple[str, ...] = ("id", IMAGE, "report", "distilled", "study_id", "split")
 # string columns that must never be parsed as numbers (ids like "00012" keep their zeros)
-_STR_COLUMNS = ("id", "image", "report", "distilled", "study_id", "split", "guidance_id")
+_STR_COLUMNS = (
+    "id",
+    IMAGE,
+    *COLUMN_ALIASES,
+    "report",
+    "distilled",
+    "study_id",
+    "split",
+    "guidance_id",
+)
 
 
 def _kind(path: Path) -> str:
@@ -84,6 +100,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         df = tables.read_jsonl(p, what="manifest")
     else:
         df = tables.read_parquet(p, what="manifest")
+    df = normalize_manifest(df)
     df.attrs["source"] = str(p)
     df.attrs["root"] = str(p.resolve().parent)
     return df
@@ -120,13 +137,44 @@ def require_columns(df: pd.DataFrame, columns: Sequence[str], source: str | None
         )
 
 
-def normalize_split(value: object) -> str:
-    """Map a split name onto train / validate / test (``val`` and friends -> ``validate``)."""
+def split_name(value: object) -> str:
+    """A split name in the one vocabulary (``validate`` and friends -> ``val``; case and
+    surrounding blanks ignored); names outside it come back lower-cased, unchecked."""
     s = str(value).strip().lower()
-    s = _SPLIT_ALIASES.get(s, s)
+    return SPLIT_ALIASES.get(s, s)
+
+
+def normalize_split(value: object) -> str:
+    """:func:`split_name`, checked: a ValueError for a name that is not train / val / test."""
+    s = split_name(value)
     if s not in SPLITS:
         raise ValueError(s)
     return s
+
+
+def normalize_manifest(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` in the one vocabulary: old column names renamed (``path`` -> ``image``, unless
+    an ``image`` column exists too) and split names mapped by :func:`split_name` (missing
+    values stay missing).  Returns ``df`` itself when nothing changes, else a copy (``attrs``
+    kept); every manifest reader passes its table through here."""
+    renames = {
+        old: new
+        for old, new in COLUMN_ALIASES.items()
+        if old in df.columns and new not in df.columns
+    }
+    splits = None
+    if "split" in df.columns:
+        old_splits = df["split"].tolist()
+        mapped = [split_name(v) if isinstance(v, str) else v for v in old_splits]
+        if mapped != old_splits:
+            splits = mapped
+    if not renames and splits is None:
+        return df
+    out = df.rename(columns=renames)  # a copy: the caller's frame stays as it was
+    if splits is not None:
+        out["split"] = splits
+    out.attrs = dict(df.attrs)
+    return out
 
 
 def _blank(series: pd.Series) -> pd.Series:
@@ -136,13 +184,15 @@ def _blank(series: pd.Series) -> pd.Series:
 def validate_pretrain(
     df: pd.DataFrame, source: str | None = None, bad_rows: str = "fail"
 ) -> pd.DataFrame:
-    """Check and normalise a pre-training manifest; return a cleaned copy.
+    """Check and normalise a pre-training manifest (:func:`normalize_manifest` first); return
+    a cleaned copy.
 
-    Missing required columns and duplicate ids always raise.  Rows with an empty/NaN report
-    or image path raise a :class:`DataError` listing their row numbers when ``bad_rows`` is
-    ``"fail"``; with ``"skip"`` they are dropped and logged.
+    Missing required columns, duplicate ids and unknown splits always raise.  Rows with an
+    empty/NaN report or image path raise a :class:`DataError` listing their row numbers when
+    ``bad_rows`` is ``"fail"``; with ``"skip"`` they are dropped and logged.
     """
     src = source or df.attrs.get("source", "<table>")
+    df = normalize_manifest(df)
     require_columns(df, REQUIRED_COLUMNS, src)
     out = df.copy()
     out.attrs = dict(df.attrs)
@@ -194,14 +244,15 @@ def resolve_image(image: str, root: str | Path | None) -> Path:
     return Path(root) / p
 
 
-PATH_COLUMNS = ("image", "mask", "mask_classes")
+PATH_COLUMNS = (IMAGE, "mask", "mask_classes")
 
 
 def rebase_paths(manifest: str | Path, old_root: str | Path, run_dir: Path) -> None:
     """Rewrite the relative path columns of a manifest copied away from its images.
 
     Paths inside the run directory become relative to the manifest's new folder (the run
-    directory can move as a whole); paths outside it become absolute.
+    directory can move as a whole); paths outside it become absolute.  The copy is written
+    in the one vocabulary (:func:`read_table` normalises it).
     """
     import os
 

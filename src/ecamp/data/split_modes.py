@@ -81,7 +81,7 @@ def _lists(dataset: str, task: str) -> dict[str, tuple[str, ...]]:
     for split in release.available(folder, name):
         df = release.read_split(folder, name, split)
         assert df is not None
-        key = "path" if "path" in df.columns else df.columns[0]
+        key = df.columns[0]  # the entry naming the image: a list path, ImageId or image_path
         out[split] = tuple(dict.fromkeys(src.list_id(e) for e in df[key]))  # unique, in order
     return out
 

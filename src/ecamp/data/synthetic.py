@@ -30,7 +30,7 @@ Files written under ``out_dir``::
                               (cardiomegaly: the heart shadow)
 
 ``manifest.csv`` columns: the pre-training manifest's ``id, image, report, distilled,
-study_id, split`` (train / validate / test, about 70/15/15) plus ``label_<class>`` (0/1 per
+study_id, split`` (train / val / test, about 70/15/15) plus ``label_<class>`` (0/1 per
 class of :data:`LESION_CLASSES`), ``boxes`` (JSON list of ``[x1, y1, x2, y2, class]``, pixel
 corners, x2/y2 exclusive, one per lesion), ``mask``, ``mask_classes``, ``view`` ("PA") and
 ``ctr`` (cardiothoracic ratio drawn).  Image ``i`` depends only on (seed, i, size): a world of
@@ -467,7 +467,7 @@ def make_phantom_world(out_dir: str | Path, n: int = 256, size: int = 256, seed:
     rows = []
     for i, (img, lesions, ctr, report, distilled, rng) in enumerate(_draws(n, size, seed)):
         u = rng.random()
-        split = "train" if u < 0.7 else ("validate" if u < 0.85 else "test")
+        split = "train" if u < 0.7 else ("val" if u < 0.85 else "test")
         key = f"phantom_{i:05d}"
         classes = np.zeros((size, size), np.uint8)
         for les in lesions:

@@ -6,7 +6,7 @@ Three sub-commands (SPEC.md section 4):
   AMP, resume and logging come from :class:`ecamp.train.loop.Trainer`) and writes
   ``gloria.safetensors`` beside ``config.yaml`` in the output folder.  With boxes in the
   manifest (the phantom world has them) every epoch ends with a localisation check on the
-  validate split (``eval.csv``: ``mass_in_box``, ``uniform``, ``ratio``).
+  val split (``eval.csv``: ``mass_in_box``, ``uniform``, ``ratio``).
 * ``export`` runs the trained model over every image of the manifest and stores, per image,
   the attention of its entity words over the image, up-sampled to ``export.size`` (448),
   plus the release-style window (see :mod:`ecamp.data.guidance` for the folder format).
@@ -112,7 +112,7 @@ def train(cfg: AttentionConfig, output: str | Path, evaluate: bool = True) -> di
     """Train GLoRIA as ``cfg`` says into ``output``; returns the training summary.
 
     With ``evaluate`` and a ``boxes`` column, each epoch ends with :func:`localization` on
-    the validate split.
+    the val split.
     """
     from safetensors.torch import save_file
 
@@ -136,7 +136,7 @@ def train(cfg: AttentionConfig, output: str | Path, evaluate: bool = True) -> di
     collate = GloriaCollator(tok, cfg.model.max_text_len)
     ds = AttentionDataset(train_df, cfg.data, cfg.model.img_size, cfg.model.in_chans, train=True)
     eval_fn = None
-    val_df = select_splits(df, ("validate",))
+    val_df = select_splits(df, ("val",))
     boxes = manifest_boxes(val_df)
     if evaluate and boxes is not None and len(val_df):
         val_ds = AttentionDataset(

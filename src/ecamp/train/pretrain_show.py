@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=64,
         metavar="N",
-        help="images (test/validate splits first) whose maps are scored against their lesion "
+        help="images (test/val splits first) whose maps are scored against their lesion "
         "boxes (default: 64)",
     )
     parser.add_argument("--cols", type=int, default=4, help="panels per row (default: 4)")

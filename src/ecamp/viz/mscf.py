@@ -61,7 +61,7 @@ def _held_out_first(df: Any) -> Any:
 
     if "split" not in df.columns:
         return df
-    order = {"test": 0, "validate": 1, "val": 1, "train": 2}
+    order = {"test": 0, "val": 1, "train": 2}  # read_table normalised the names
     return df.iloc[np.argsort([order.get(str(s), 3) for s in df["split"]], kind="stable")]
 
 

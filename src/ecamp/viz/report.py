@@ -115,7 +115,7 @@ def _sample_images(
 
     df = read_table(manifest)
     if "split" in df.columns:
-        order = {"test": 0, "validate": 1, "val": 1, "train": 2}
+        order = {"test": 0, "val": 1, "train": 2}  # read_table normalised the names
         df = df.iloc[np.argsort([order.get(str(s), 3) for s in df["split"]], kind="stable")]
     df = df.head(n)
     root = image_root or df.attrs.get("root")

@@ -50,7 +50,7 @@ class ChestXray14(DownstreamSource):
             )
         df = df[found]
         findings = df["Finding Labels"].astype(str).str.get_dummies(sep="|")
-        out = pd.DataFrame({"id": df["Image Index"], "path": df["Image Index"].map(files)})
+        out = pd.DataFrame({"id": df["Image Index"], "image": df["Image Index"].map(files)})
         for name in self.labels:
             out[name] = findings[name].astype(float) if name in findings else 0.0
         out["official_split"] = "train"  # the release split the pooled data itself

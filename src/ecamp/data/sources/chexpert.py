@@ -59,7 +59,7 @@ class CheXpert(DownstreamSource):
             df = read_table(path, ["Path", *self.labels])
             # CSV paths start with the dataset folder's own name (CheXpert-v1.0-small/...)
             rel = df["Path"].astype(str).str.split("/", n=1).str[-1]
-            out = pd.DataFrame({"id": rel, "path": [str(self.root / r) for r in rel]})
+            out = pd.DataFrame({"id": rel, "image": [str(self.root / r) for r in rel]})
             for name in self.labels:
                 v = pd.to_numeric(df[name], errors="coerce").fillna(0.0).to_numpy(dtype=float)
                 out[name] = np.where(v == -1, self._uncertain_value(name), v)

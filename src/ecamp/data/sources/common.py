@@ -1,10 +1,11 @@
 """What every downstream dataset adapter shares.
 
 An adapter reads one dataset from its official folder layout and yields a *downstream
-manifest*: a DataFrame with one row per image and the columns
+manifest*: a DataFrame with one row per image and the columns (the vocabulary of
+:mod:`ecamp.data.manifest`)
 
 - ``id`` (str): the image's key (the release split lists are matched on it),
-- ``path`` (str): absolute image file path (PNG / JPEG / DICOM),
+- ``image`` (str): absolute image file path (PNG / JPEG / DICOM),
 - ``split`` (str): ``train`` | ``val`` | ``test``,
 - classification: one float column per entry of ``source.labels`` (1/0, NaN = ignored) for
   multi-label sets, or one int column ``label`` (class index into ``source.labels``),
@@ -218,7 +219,7 @@ class DownstreamSource:
 
     # ---- to implement
     def table(self, task: str) -> pd.DataFrame:
-        """Every image of the local copy: ``id``, ``path``, task columns, ``official_split``."""
+        """Every image of the local copy: ``id``, ``image``, task columns, ``official_split``."""
         raise NotImplementedError
 
     def list_id(self, entry: str) -> str:
@@ -244,7 +245,7 @@ class DownstreamSource:
         df = release.read_split(folder, dataset, split)
         if df is None:
             return None
-        key = "path" if "path" in df.columns else df.columns[0]
+        key = df.columns[0]  # the entry naming the image: a list path, ImageId or image_path
         df = df.copy()
         df["id"] = [self.list_id(e) for e in df[key]]
         return df
@@ -352,5 +353,5 @@ class DownstreamSource:
             rows_of(test_split, plan.test).assign(split="test"),
         ]
         out = pd.concat(parts, ignore_index=True)
-        keep = ["id", "path", "split"] + self.label_columns(task)
+        keep = ["id", "image", "split"] + self.label_columns(task)
         return out[keep].reset_index(drop=True)

@@ -65,10 +65,10 @@ class COVIDx(DownstreamSource):
             out = pd.DataFrame(
                 {
                     "id": split + "/" + df[1],
-                    "path": df[1].map(files),
+                    "image": df[1].map(files),
                     "label": df[2].str.lower().map(lookup),
                 }
             )
             out["official_split"] = split
-            parts.append(out[out["path"].notna()])
+            parts.append(out[out["image"].notna()])
         return pd.concat(parts, ignore_index=True)

@@ -3,8 +3,8 @@
 Unlike the real sets it has no official files and no release lists: ecamp draws it
 (:func:`ensure_world`), and every task reads the world's own ``manifest.csv``.  cls: the six
 lesion labels; seg: the pixels of the targeted lesion classes as one binary RLE mask; det: one
-box per lesion of the targeted classes.  Splits train / validate / test become train / val /
-test; ``fraction`` < 100 keeps a seeded random share of the training rows (no release lists).
+box per lesion of the targeted classes.  The splits are the world's own (train / val / test);
+``fraction`` < 100 keeps a seeded random share of the training rows (no release lists).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
+from ecamp.data.manifest import normalize_manifest
 from ecamp.data.sources.common import DownstreamSource, rle_encode, subset
 from ecamp.data.synthetic import LESION_CLASSES
 from ecamp.errors import DataError, UserError
@@ -55,21 +56,21 @@ def phantom_manifest(
     cls: the six lesion labels; seg: the pixels of the lesion ``classes`` (read from the
     per-class bit mask; default :data:`PHANTOM_SEG_DEFAULT`) as one binary RLE mask; det: one
     box per lesion of ``classes`` (default the focal ones: cardiomegaly is a heart shadow).
-    The returned names are the targeted classes.  Splits train / validate / test become
-    train / val / test.
+    The returned names are the targeted classes.  A world written before the one manifest
+    vocabulary (splits ``validate``) is read in it (:func:`ecamp.data.manifest.normalize_manifest`).
     """
     import numpy as np
     from PIL import Image
 
     path = Path(world_csv)
-    df = pd.read_csv(path)
+    df = normalize_manifest(pd.read_csv(path))
     root = path.parent
     targets = phantom_classes(task, classes)
     out = pd.DataFrame(
         {
             "id": df["id"].astype(str),
-            "path": [str(root / p) for p in df["image"]],
-            "split": df["split"].replace({"validate": "val"}),
+            "image": [str(root / p) for p in df["image"]],
+            "split": df["split"],
         }
     )
     if task == "cls":

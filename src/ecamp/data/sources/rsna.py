@@ -58,5 +58,5 @@ class RSNAPneumonia(DownstreamSource):
         )
         out = pd.concat([out, test], ignore_index=True)
         out = out[out["id"].isin(files)].copy()
-        out["path"] = out["id"].map(files)
+        out["image"] = out["id"].map(files)
         return out.reset_index(drop=True)

@@ -35,5 +35,5 @@ class SIIMPneumothorax(DownstreamSource):
         out["rle"] = [joined.get(i, "") for i in ids]
         out["official_split"] = "train"
         out = out[out["id"].isin(files)].copy()
-        out["path"] = out["id"].map(files)
+        out["image"] = out["id"].map(files)
         return out.reset_index(drop=True)
