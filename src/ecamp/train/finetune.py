@@ -196,7 +196,8 @@ def evaluate(model: Any, dataset: Any, cfg: FinetuneConfig, data: TaskData) -> d
     from ecamp.data.sources.common import parse_boxes
     from ecamp.eval import metrics as M
     from ecamp.eval.tasks import EVALUATORS
-    from ecamp.train.loop import move_to_device, resolve_precision
+    from ecamp.train.precision import resolve_precision
+    from ecamp.utils.device import move_to_device
 
     device = next(model.parameters()).device
     amp = resolve_precision(cfg.train.precision, device)
