@@ -41,7 +41,7 @@ def main() -> None:
 
     from ecamp.train.distributed import resolve_device
     from ecamp.train.finetune import FinetuneConfig, build_model
-    from ecamp.train.loop import resolve_precision
+    from ecamp.train.precision import resolve_precision
 
     device = resolve_device(args.device)
     amp = resolve_precision(args.precision, device)

@@ -88,7 +88,7 @@ def search_batch(
     Returns the batch (0 when even ``start`` does not fit), the tries, and the built model.
     ``fake_oom_above`` > 0 raises an out-of-memory above that batch (CPU tests of the path).
     """
-    from ecamp.train.loop import resolve_precision
+    from ecamp.train.precision import resolve_precision
 
     built = ps.build(preset, device)
     cfg, model, opt = built
@@ -198,7 +198,7 @@ def finetune_check(
     from torch.utils.flop_counter import FlopCounterMode
 
     from ecamp.train.finetune import FinetuneConfig, build_model
-    from ecamp.train.loop import resolve_precision
+    from ecamp.train.precision import resolve_precision
 
     amp = resolve_precision(args.precision, device)
     size, depth = (64, 2) if args.smoke else (224, 12)
@@ -272,7 +272,7 @@ def run_steps(args: argparse.Namespace, device: torch.device, compiled: bool) ->
     pk = guarded("matmul_peak", peak_check, device, args.peak_n)
     if pk:
         emit(pk)
-    from ecamp.train.loop import resolve_precision
+    from ecamp.train.precision import resolve_precision
 
     bf16 = resolve_precision(args.precision, device) == torch.bfloat16
     peak = (pk["bf16_tflops"] if bf16 else pk["fp32_tflops"]) if pk else None

@@ -36,7 +36,7 @@ Where the arithmetic differs from the authors' release (same model, same losses)
   (``ecamp.models.cross_entropy``), instead of the three other (scored tokens x 30k) buffers
   of ``F.cross_entropy`` + backward; same loss and gradient up to rounding.
 - The BERT pooler that the release builds and evaluates (and never uses) is not built.
-- AdamW is the training loop's (``ecamp.train.loop.build_optimizer``): fused on CPU and CUDA.
+- AdamW is the training loop's (``ecamp.train.optimizer.build_optimizer``): fused on CPU and CUDA.
 - On a CPU, glibc keeps freed memory for reuse (``ecamp.utils.allocator``, as the training
   loop does on a CPU), so re-allocated gradients and activations do not page-fault each step;
   ``--malloc default`` measures without it.  This changes no arithmetic.
@@ -130,7 +130,7 @@ def build(preset: str, device: torch.device) -> tuple[Any, torch.nn.Module, torc
     """``(cfg, model, optimizer)`` of ``preset`` on ``device``, seeded: what one run trains."""
     from ecamp.config import TrainConfig, model_config
     from ecamp.models.ecamp import ECAMPModel
-    from ecamp.train.loop import build_optimizer
+    from ecamp.train.optimizer import build_optimizer
 
     torch.manual_seed(0)
     cfg = model_config(preset)
@@ -164,7 +164,7 @@ def measure_step(
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ecamp.train.loop import resolve_precision
+    from ecamp.train.precision import resolve_precision
 
     amp = resolve_precision(precision, device)
     cfg, model, opt = built if built is not None else build(preset, device)

@@ -114,7 +114,7 @@ def test_upsampled_fraction_of_small_and_sufficient_caches(tmp_path):
 
 def test_fraction_follows_the_crops_the_dataset_draws(tmp_path):
     """The monitor's crops are the ones training draws (same seed path as the loop)."""
-    from ecamp.train.loop import SeededIndexDataset
+    from ecamp.train.sampling import SeededIndexDataset
 
     df = _world(tmp_path / "img", 4, 120)
     build_cache(df, tmp_path / "c", size=96)
@@ -153,7 +153,7 @@ def test_pretrain_logs_the_share_and_warns_on_a_small_cache(tmp_path, capsys):
 def test_warning_only_above_five_percent(tmp_path, monkeypatch):
     from ecamp.config import PretrainConfig
     from ecamp.train import pretrain as stage
-    from ecamp.train.loop import ShardedBatchSampler
+    from ecamp.train.sampling import ShardedBatchSampler
 
     said: list[tuple[str, str]] = []
 

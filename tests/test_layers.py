@@ -49,8 +49,8 @@ def _under(names: set[str] | list[str], packages: tuple[str, ...]) -> list[str]:
 
 LIBRARY = ("text", "data", "models", "eval", "viz", "utils", "config")
 STAGES = ("ecamp.train", "ecamp.pipeline", "ecamp.cli", "ecamp.distill")
-# the offline rules distiller is pure text code (no model, no file): the phantom world and the
-# GLoRIA pairs use its answers as the library's default distilled text
+# the offline rules distiller is pure text code (no model; its lexicon is a bundled file): the
+# phantom world and the GLoRIA pairs use its answers as the library's default distilled text
 LIBRARY_MAY_USE = {"ecamp.distill.rules"}
 
 

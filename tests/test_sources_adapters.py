@@ -375,3 +375,12 @@ def test_release_split_lists_ship_with_provenance():
     assert splits.read_split("Segmentation", "SIIM", "train") is None
     with pytest.raises(UserError):
         splits.read_split("Classification", "MIMIC", "val")
+
+
+def test_the_sources_say_what_finetune_special_cases():
+    """Fine-tuning asks the source, not its name: only the phantom world is drawn by ecamp
+    (no release lists) and lets data.labels pick the classes seg / det target."""
+    from ecamp.data.downstream import SOURCES
+
+    assert {n for n, c in SOURCES.items() if c.generated} == {"phantom"}
+    assert {n for n, c in SOURCES.items() if c.picks_target_classes} == {"phantom"}

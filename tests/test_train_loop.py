@@ -282,3 +282,17 @@ def test_worker_processes_give_the_same_run(tmp_path: Path) -> None:
     Trainer(b, PlainNoisy(), make_cfg(max_steps=4), tmp_path / "b", num_workers=2).fit()
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
+
+
+def test_the_loop_still_exports_the_names_users_import_from_it():
+    """The loop's helpers moved to their own modules; ``ecamp.train.loop`` still names them."""
+    from ecamp.train import loop, optimizer, precision, sampling
+    from ecamp.train.checkpoint import preserved_rng
+
+    assert loop.ShardedBatchSampler is sampling.ShardedBatchSampler
+    assert loop.SeededIndexDataset is sampling.SeededIndexDataset
+    assert loop.derive_seeds is sampling.derive_seeds
+    assert loop.resolve_precision is precision.resolve_precision
+    assert loop.build_optimizer is optimizer.build_optimizer
+    assert loop.preserved_rng is preserved_rng
+    assert set(loop.__all__) <= set(dir(loop))

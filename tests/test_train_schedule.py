@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from ecamp.errors import UserError
-from ecamp.train.loop import ShardedBatchSampler, derive_seeds, resolve_precision
+from ecamp.train.precision import resolve_precision
+from ecamp.train.sampling import ShardedBatchSampler, derive_seeds
 from ecamp.train.schedule import WarmupCosine, cosine_lr
 
 

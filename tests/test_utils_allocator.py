@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ecamp.config import TrainConfig
-from ecamp.train.loop import build_optimizer
+from ecamp.train.optimizer import build_optimizer
 from ecamp.utils.allocator import keep_freed_memory
 
 

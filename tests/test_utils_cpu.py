@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ecamp.train.loop import resolve_precision
+from ecamp.train.precision import resolve_precision
 from ecamp.utils import cpu
 from ecamp.utils.cpu import Bf16Support, cpu_bf16_support, cpu_flags
 

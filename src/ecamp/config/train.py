@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-# what ecamp.train.loop.resolve_precision accepts: auto | bf16 | fp16 | fp32 and their aliases
+# what ecamp.train.precision.resolve_precision accepts: auto | bf16 | fp16 | fp32 and their aliases
 Precision = Literal["auto", "bf16", "bfloat16", "fp16", "16", "float16", "fp32", "32", "float32"]
 
 

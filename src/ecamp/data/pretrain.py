@@ -11,7 +11,7 @@ A sample is a dict::
     guidance_window   (2,) long (row, col) as stored (release: not cropped)  } guidance store
 
 ``dataset[i]`` draws a fresh seed from torch's RNG; ``dataset[(i, seed)]`` is reproducible.
-:class:`ecamp.train.loop.ShardedBatchSampler` yields such pairs from (seed, epoch) so the
+:class:`ecamp.train.sampling.ShardedBatchSampler` yields such pairs from (seed, epoch) so the
 training loop can resume mid-epoch at the same samples with the same augmentation.
 """
 
@@ -212,7 +212,7 @@ def drawn_seed(loop_seed: int) -> int:
     """The augmentation seed of an item the training loop asks for by index with ``loop_seed``.
 
     The dataset takes plain indices, so the loop seeds torch's RNG with ``loop_seed`` around
-    the call (``ecamp.train.loop.SeededIndexDataset``) and ``__getitem__`` draws its seed.
+    the call (``ecamp.train.sampling.SeededIndexDataset``) and ``__getitem__`` draws its seed.
     """
     g = torch.Generator()
     g.manual_seed(loop_seed)

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from ecamp.distill.findings import Finding
+from ecamp.distill.lexicon import lexicon
 from ecamp.text.entities import EntityMention, find_entities, split_sentences
 from ecamp.text.negation import DISTILL_NEGATION_PATTERN
 
@@ -67,21 +68,6 @@ _PRE_UNC = re.compile(
     r"exclude|evaluate for|evaluation for|assess for|rule out|r/o|correlate|correlation|"
     r"suggestive of|suggesting|suggests?)\b|\?"
 )
-# Uncertainty cues that only argue about a finding: after a negation they stay negated
-# ("no focal opacity that could represent pneumonia").
-_WEAK_UNC = frozenset(
-    {
-        "could",
-        "consider",
-        "considered",
-        "concern for",
-        "concerning for",
-        "suggest",
-        "suggests",
-        "suggesting",
-        "suggestive of",
-    }
-)
 _POST_NEG = re.compile(
     r"^[\s,]*(?:(?:is|are|was|were|has|have|has been|have been)\s+)?"
     r"(?:(?:not|no longer)\s+(?:be\s+)?(?:seen|identified|present|visualized|visible|"
@@ -98,128 +84,6 @@ _POST_UNC = re.compile(
     r"^[\s,]*(?:(?:is|are|was|were)\s+(?:(?:also|again|now)\s+)?"
     r"(?:possible|suspected|questioned|questionable|not excluded)|"
     r"(?:may|might|could) be present|suspected|\?)(?=\W|$)"
-)
-# Words kept in front of an entity: severity, extent, laterality, anatomy.
-_MODIFIERS = frozenset(
-    [
-        "mild",
-        "mildly",
-        "moderate",
-        "moderately",
-        "severe",
-        "severely",
-        "small",
-        "smaller",
-        "large",
-        "larger",
-        "minimal",
-        "minimally",
-        "trace",
-        "tiny",
-        "borderline",
-        "slight",
-        "slightly",
-        "marked",
-        "markedly",
-        "massive",
-        "extensive",
-        "focal",
-        "patchy",
-        "diffuse",
-        "diffusely",
-        "bilateral",
-        "bibasilar",
-        "basilar",
-        "basal",
-        "bibasal",
-        "apical",
-        "biapical",
-        "retrocardiac",
-        "right",
-        "left",
-        "upper",
-        "lower",
-        "middle",
-        "mid",
-        "lobar",
-        "subsegmental",
-        "segmental",
-        "linear",
-        "streaky",
-        "plate-like",
-        "platelike",
-        "discoid",
-        "nodular",
-        "reticular",
-        "reticulonodular",
-        "interstitial",
-        "alveolar",
-        "airspace",
-        "air",
-        "space",
-        "pleural",
-        "pulmonary",
-        "vascular",
-        "cardiac",
-        "mediastinal",
-        "hilar",
-        "calcified",
-        "chronic",
-        "acute",
-        "new",
-        "old",
-        "healed",
-        "residual",
-        "persistent",
-        "stable",
-        "unchanged",
-        "increased",
-        "increasing",
-        "decreased",
-        "decreasing",
-        "improved",
-        "improving",
-        "worsening",
-        "worsened",
-        "developing",
-        "early",
-        "subtle",
-        "faint",
-        "vague",
-        "hazy",
-        "ill-defined",
-        "dense",
-        "confluent",
-        "loculated",
-        "layering",
-        "hiatal",
-        "degenerative",
-        "granulomatous",
-        "multiple",
-        "several",
-        "few",
-        "scattered",
-        "numerous",
-        "bulky",
-        "rounded",
-        "round",
-        "tortuous",
-        "prominent",
-        "enlarged",
-        "subcutaneous",
-        "top-normal",
-        "normal",
-        "unremarkable",
-        "clear",
-        "well",
-        "expanded",
-        "low",
-        "shallow",
-        "elevated",
-        "cardiac-size",
-        "cm",
-        "mm",
-    ]
 )
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?(?:cm|mm)?$")
 
@@ -245,96 +109,9 @@ _LOCATION = re.compile(
     r"(?:lung\s+)?zones?|lingula|midlung|lung fields?|costophrenic angles?|"
     r"hemidiaphragms?|chest wall|mediastinum|hilum)\b"
 )
-_ALWAYS_LOCATION = frozenset({"lingula", "bases", "apices", "midlung", "apex", "base"})
 
-# Adjectival surface forms get the next noun as head ("hyperinflated lungs") or fall back
-# to a noun form of the entity ("the lungs are hyperinflated" -> "hyperinflation").
-_ADJ_ENDINGS = ("ed", "ic", "ous", "ive", "ar")
-_ADJ_GERUNDS = frozenset({"obscuring", "silhouetting", "collapsing", "aerating"})
-_NOUN_FORM = {
-    "aerate": "aeration",
-    "hyperinflate": "hyperinflation",
-    "obscure": "obscuration",
-    "hilar": "hila",
-}
+# the words after an adjectival mention where its head noun may be ("hyperinflated lungs")
 _HEAD_WORDS = re.compile(r"(?:\s+[a-z]+){1,3}")
-_FUNCTION_WORDS = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "and",
-        "or",
-        "of",
-        "in",
-        "on",
-        "at",
-        "to",
-        "with",
-        "without",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "being",
-        "has",
-        "have",
-        "had",
-        "as",
-        "by",
-        "for",
-        "from",
-        "that",
-        "this",
-        "these",
-        "those",
-        "there",
-        "it",
-        "its",
-        "which",
-        "who",
-        "no",
-        "not",
-        "nor",
-        "but",
-        "than",
-        "then",
-        "also",
-        "again",
-        "now",
-        "may",
-        "might",
-        "could",
-        "would",
-        "can",
-        "will",
-        "both",
-        "either",
-        "within",
-        "without",
-        "into",
-        "since",
-        "after",
-        "before",
-        "while",
-        "over",
-        "under",
-        "between",
-        "along",
-        "about",
-        "seen",
-        "noted",
-        "identified",
-        "present",
-        "visualized",
-        "unchanged",
-        "stable",
-        "normal",
-        "otherwise",
-    ]
-)
 
 
 @dataclass
@@ -420,6 +197,7 @@ def _clause_of(clauses: list[tuple[int, int]], pos: int) -> int:
 
 
 def _chunks(low: str, offset: int, mentions: list[EntityMention]) -> list[_Chunk]:
+    modifiers = lexicon().modifiers
     chunks: list[_Chunk] = []
     for m in mentions:
         s, e = m.start - offset, m.end - offset
@@ -430,7 +208,7 @@ def _chunks(low: str, offset: int, mentions: list[EntityMention]) -> list[_Chunk
             chunks
             and _is_adjectival(chunks[-1].mentions[-1])
             and len(gap) <= 2
-            and all(w in _MODIFIERS for w in gap)
+            and all(w in modifiers for w in gap)
         )
         if joins:
             chunks[-1].mentions.append(m)
@@ -458,7 +236,7 @@ def _status(masked: str, c_start: int, c_end: int, ch: _Chunk) -> str:
     for m in _PRE_UNC.finditer(pre):
         if _n_words(pre[m.end() :]) <= PRE_UNC_WORDS and m.start() >= unc_at:
             unc_at, unc_word = m.start(), m.group(0)
-    if neg_at >= 0 and (unc_at < neg_at or unc_word in _WEAK_UNC):
+    if neg_at >= 0 and (unc_at < neg_at or unc_word in lexicon().weak_uncertainty):
         return "negative"
     if unc_at >= 0:
         return "uncertain"
@@ -478,6 +256,7 @@ _POST_UNC_COMPOUND_MASKED = re.compile(r"^[\s,]*\?")
 
 def _subject(low: str, c_start: int, c_end: int, ch: _Chunk) -> tuple[str, bool]:
     """Modifiers + the chunk's head words, and whether the head is plural."""
+    lex = lexicon()
     head = " ".join(low[ch.start : ch.end].split())
     if _is_adjectival(ch.mentions[-1]):
         # the noun it modifies, after at most two more modifiers ("calcified right hilar
@@ -485,14 +264,14 @@ def _subject(low: str, c_start: int, c_end: int, ch: _Chunk) -> tuple[str, bool]
         words = _HEAD_WORDS.match(low, ch.end, c_end)
         tail = words.group(0).split() if words else []
         k = 0
-        while k < len(tail) and k < 2 and tail[k] in _MODIFIERS:
+        while k < len(tail) and k < 2 and tail[k] in lex.modifiers:
             k += 1
         noun = tail[k] if k < len(tail) else ""
-        if noun and noun not in _FUNCTION_WORDS and noun not in _MODIFIERS and len(noun) > 2:
+        if noun and noun not in lex.function_words and noun not in lex.modifiers and len(noun) > 2:
             head = " ".join([head, *tail[: k + 1]])
         elif len(ch.mentions) == 1:
             ent = ch.mentions[0].entity
-            head = _NOUN_FORM.get(ent, ent)
+            head = lex.noun_forms.get(ent, ent)
     mods = _modifiers(low[c_start : ch.start])
     pred = _predicate(low[ch.end : c_end])
     if pred and pred not in mods:
@@ -505,17 +284,20 @@ def _subject(low: str, c_start: int, c_end: int, ch: _Chunk) -> tuple[str, bool]
 
 
 def _is_adjectival(m: EntityMention) -> bool:
-    s = m.surface.lower()
-    if m.entity in ("cardiomediastinal", "perihilar"):
+    """Whether a mention is an adjective ("hyperinflated"), which needs a head noun."""
+    lex = lexicon()
+    if m.entity in lex.adjectival_entities:
         return True
-    return s.endswith(_ADJ_ENDINGS) or s in _ADJ_GERUNDS or s == "aortic"
+    s = m.surface.lower()
+    return s.endswith(lex.adjective_endings) or s in lex.adjectival_surfaces
 
 
 def _modifiers(pre: str) -> list[str]:
+    modifiers = lexicon().modifiers
     words = pre.replace(",", " , ").split()
     mods: list[str] = []
     for w in reversed(words):
-        if len(mods) >= MAX_MODIFIERS or not (w in _MODIFIERS or _NUMBER.match(w)):
+        if len(mods) >= MAX_MODIFIERS or not (w in modifiers or _NUMBER.match(w)):
             break
         mods.append(w)
     mods.reverse()
@@ -538,12 +320,13 @@ def _predicate(post: str) -> str:
 
 def _location(low: str, c_start: int, c_end: int, ch: _Chunk, subject: str) -> str:
     """The nearest location phrase in the clause, as "in the ..." (or "")."""
+    always_location = lexicon().always_location
     best: tuple[int, str] | None = None
     for m in _LOCATION.finditer(low, c_start, c_end):
         if m.start() < ch.end and m.end() > ch.start:
             continue  # overlaps the entity itself ("left hemidiaphragm")
         noun = m.group("noun")
-        if not (m.group("side") or m.group("level") or noun in _ALWAYS_LOCATION):
+        if not (m.group("side") or m.group("level") or noun in always_location):
             continue
         gap = low[m.end() : ch.start] if m.end() <= ch.start else low[ch.end : m.start()]
         dist = _n_words(gap)

@@ -125,6 +125,14 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def wrap_ddp(model: torch.nn.Module, device: torch.device, find_unused_parameters: bool) -> Any:
+    """``model`` in DistributedDataParallel (one device per process on CUDA)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
+
+
 def cleanup() -> None:
     """Leave the process group (call once, at the end of a stage)."""
     if is_dist():

@@ -111,13 +111,13 @@ def _open_cache(folder: str) -> Any:
 
 def build_data(cfg: FinetuneConfig, output_dir: Path, img_size: int) -> TaskData:
     """Train / val / test datasets at ``img_size``."""
-    from ecamp.data.downstream import build_datasets, select_labels
+    from ecamp.data.downstream import SOURCES, build_datasets, select_labels
 
     df, labels, columns, multilabel = build_manifest(cfg, output_dir)
     d = cfg.data
     if cfg.task == "cls":
         labels, columns = select_labels(labels, columns, list(d.labels), multilabel)
-    elif d.labels and d.dataset != "phantom":
+    elif d.labels and not SOURCES[d.dataset].picks_target_classes:
         raise UserError(
             f"data.labels selects lesion classes of the phantom world for {cfg.task}; "
             f"{d.dataset} {cfg.task} has one target, leave data.labels empty"
@@ -196,7 +196,8 @@ def evaluate(model: Any, dataset: Any, cfg: FinetuneConfig, data: TaskData) -> d
     from ecamp.data.sources.common import parse_boxes
     from ecamp.eval import metrics as M
     from ecamp.eval.tasks import EVALUATORS
-    from ecamp.train.loop import move_to_device, resolve_precision
+    from ecamp.train.precision import resolve_precision
+    from ecamp.utils.device import move_to_device
 
     device = next(model.parameters()).device
     amp = resolve_precision(cfg.train.precision, device)
@@ -315,6 +316,7 @@ def finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
         if split != "test":
             log.warning("no test split: scoring the validation split")
         scored = evaluate(trainer.model, data.datasets[split], cfg, data)
+        generated = _generated(cfg.data.dataset)  # no release lists: a random share, own splits
         results = {
             "task": cfg.task,
             "dataset": cfg.data.dataset,
@@ -328,8 +330,8 @@ def finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
             "init_kind": resolved.kind,
             "linear_probe": cfg.model.linear_probe,
             "fraction": cfg.data.fraction,
-            "sampling": "random" if cfg.data.dataset == "phantom" else cfg.data.sampling,
-            "split_mode": None if cfg.data.dataset == "phantom" else cfg.data.split_mode,
+            "sampling": "random" if generated else cfg.data.sampling,
+            "split_mode": None if generated else cfg.data.split_mode,
             "n_train": len(data.datasets["train"]),
             "n_test": len(data.datasets[split]),
             "labels": data.labels,
@@ -413,7 +415,7 @@ def resolve_config(args: argparse.Namespace) -> FinetuneConfig:
         flags.append(f"data.fraction={args.fraction}")
     apply_overrides(data, flags + overrides)
     cfg = from_dict(FinetuneConfig, data)
-    if not args.config and cfg.data.dataset != "phantom":
+    if not args.config and not _generated(cfg.data.dataset):
         log.warning(
             "no --config: the embedded quick recipe (tiny-size knobs) runs on %s; the paper's "
             "recipes are configs/paper/finetune_%s_*.yaml",
@@ -421,6 +423,13 @@ def resolve_config(args: argparse.Namespace) -> FinetuneConfig:
             cfg.data.dataset,
         )
     return cfg
+
+
+def _generated(dataset: str) -> bool:
+    """Whether ``dataset`` is drawn by ecamp rather than read from official files."""
+    from ecamp.data.downstream import SOURCES
+
+    return SOURCES[dataset].generated
 
 
 def _default_output(cfg: FinetuneConfig) -> Path:

@@ -89,3 +89,17 @@ class WarmupCosine:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # the curve's shape comes from the current config; only the position is restored
         self.last_step = int(state.get("last_step", -1))
+
+
+def build_schedule(
+    optimizer: torch.optim.Optimizer, cfg: Any, steps_per_epoch: int
+) -> WarmupCosine:
+    """The run's :class:`WarmupCosine`: warm-up of ``warmup_steps`` (or ``warmup_epochs``
+    epochs when 0) and the cosine to :func:`schedule_horizon`.  ``cfg`` is a
+    :class:`ecamp.config.TrainConfig`."""
+    warmup = (
+        cfg.warmup_steps if cfg.warmup_steps > 0 else round(cfg.warmup_epochs * steps_per_epoch)
+    )
+    return WarmupCosine(
+        optimizer, cfg.lr, cfg.min_lr, warmup, schedule_horizon(cfg, steps_per_epoch)
+    )

@@ -178,8 +178,12 @@ class DownstreamSource:
     # task -> (release split folder, dataset folder)
     release_sets: ClassVar[dict[str, tuple[str, str]]] = {}
     # drawn by ecamp (the phantom world) rather than read from official files: no prepared
-    # manifests (``data.manifest``) apply
+    # manifests (``data.manifest``) apply, and with no release lists the training share is
+    # always a random one and the splits come with the source (no ``data.split_mode``)
     generated: ClassVar[bool] = False
+    # ``data.labels`` picks the classes the seg / det targets hold (:meth:`class_names`
+    # honours ``wanted`` for them); elsewhere seg / det have one target
+    picks_target_classes: ClassVar[bool] = False
 
     def __init__(self, root: str | Path, missing: str = "skip") -> None:
         """``missing``: what to do with list entries absent from the local copy (skip | fail)."""

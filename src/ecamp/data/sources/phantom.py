@@ -137,6 +137,7 @@ class PhantomWorld(DownstreamSource):
         t: ("", "") for t in ("cls", "seg", "det")
     }
     generated = True
+    picks_target_classes = True  # the lesion classes seg / det target
 
     def __init__(
         self, root: str | Path, missing: str = "skip", classes: Sequence[str] = ()
