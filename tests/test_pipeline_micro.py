@@ -20,6 +20,7 @@ MICRO = [
     "attention.train.epochs=1",
     "pretrain.train.epochs=1",
     "finetune.data.fraction=100",
+    "finetune.runs.detection.data.fraction=100",
     "finetune.train.batch_size=16",
     "finetune.runs.linear_probe.train.epochs=1",
     "finetune.runs.finetune.train.epochs=1",

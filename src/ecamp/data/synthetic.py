@@ -10,12 +10,18 @@ lesions carry real signal (a model pre-trained on this world can be probed for i
 class           appearance
 ==============  ======================================================================
 opacity         soft textured blob in one lung zone ("right lower lobe opacity")
-nodule          small bright disc ("8 mm nodule in the left upper lobe")
+nodule          small bright disc ("16 mm nodule in the left upper lobe")
 effusion        bright fluid filling a costophrenic angle, meniscus higher laterally
 pneumothorax    dark, texture-free peripheral rim of one lung with a bright pleural line
 cardiomegaly    heart shadow wider than about half the thorax
 atelectasis     thin bright plate-like band near a lung base
 ==============  ======================================================================
+
+Focal lesions are sized for the models that read the world at 64 px with 8-px patches (the
+tiny preset): a nodule is 2-3 px across there, an opacity 8-14 px, an atelectatic band 1 px
+thick.  At half these sizes (the first world) the tiny ViT fine-tuned on every training label
+stayed at chance on nodule and pneumothorax as well as on opacity and atelectasis; here nodule
+and pneumothorax rise above it, opacity and atelectasis stay near chance for that model.
 
 Each class is present with a small probability (about 40 % of images are normal), side
 and zone vary; absent classes are mentioned negatively ("No pleural effusion or
@@ -194,23 +200,23 @@ def _draw_image(cv: _Canvas, rng: np.random.Generator) -> tuple[np.ndarray, list
     if present["opacity"]:
         side, zone = side_(), ZONES[int(rng.integers(3))]
         px0, py0 = place(side, zone)
-        rx, ry = rng.uniform(0.045, 0.09, size=2)
+        rx, ry = rng.uniform(0.06, 0.11, size=2)
         blob = np.exp(-2 * (((x - px0) / rx) ** 2 + ((y - py0) / ry) ** 2))
         blob = blob * np.clip(0.8 + 2.0 * cv.smooth_noise(rng, 12), 0.3, 1.5)
         field = blob * lungs[side] * (1 - heart)
         mask = (field > 0.35) & lung_hard[side]
-        amp = rng.uniform(0.16, 0.28)
+        amp = rng.uniform(0.2, 0.32)
         if _visible(mask, 0.5 * np.pi * rx * ry, px):
             lesion_layer += amp * field
-            size = "small" if max(rx, ry) < 0.065 else "moderate"
+            size = "small" if max(rx, ry) < 0.085 else "moderate"
             lesions.append(Lesion("opacity", side, zone, size, mask=mask))
     if present["nodule"]:
         side, zone = side_(), ZONES[int(rng.integers(3))]
         px0, py0 = place(side, zone)
-        r = max(rng.uniform(0.011, 0.022), 1.6 * px)
+        r = max(rng.uniform(0.02, 0.034), 1.6 * px)
         dist = np.sqrt((x - px0) ** 2 + (y - py0) ** 2)
         disc = _sigmoid((r - dist) / (0.2 * r)) * (1 - heart)
-        amp = rng.uniform(0.25, 0.4)
+        amp = rng.uniform(0.3, 0.45)
         mask = (disc > 0.5) & lung_hard[side]
         if _visible(mask, np.pi * r * r, px):
             lesion_layer += amp * disc
@@ -238,10 +244,10 @@ def _draw_image(cv: _Canvas, rng: np.random.Generator) -> tuple[np.ndarray, list
             * lungs[side]
             * _sigmoid((yc + 0.4 * hh - y) / 0.02)
         )
-        ptx_dark += 0.09 * soft_rim
+        ptx_dark += 0.14 * soft_rim
         ptx_keep *= 1 - soft_rim
         line = np.exp(-(((np.sqrt(d_in) - 1) / max(0.006, 0.8 * px)) ** 2)) * lungs[side]
-        lesion_layer += 0.12 * line * _sigmoid((yc + 0.4 * hh - y) / 0.02)
+        lesion_layer += 0.16 * line * _sigmoid((yc + 0.4 * hh - y) / 0.02)
         size = "large" if k < 0.68 else ("moderate" if k < 0.75 else "small")
         lesions.append(Lesion("pneumothorax", side, "upper", size, mask=rim))
     if present["atelectasis"]:
@@ -251,14 +257,14 @@ def _draw_image(cv: _Canvas, rng: np.random.Generator) -> tuple[np.ndarray, list
             theta = rng.uniform(-0.35, 0.35)
             along = (x - px0) * np.cos(theta) + (y - py0) * np.sin(theta)
             across = -(x - px0) * np.sin(theta) + (y - py0) * np.cos(theta)
-            thick, length = max(rng.uniform(0.007, 0.014), 1.2 * px), rng.uniform(0.05, 0.09)
+            thick, length = max(rng.uniform(0.012, 0.02), 1.2 * px), rng.uniform(0.07, 0.12)
             band = np.exp(-((across / thick) ** 2)) * _sigmoid((length - np.abs(along)) / 0.01)
             band = band * lungs[side] * (1 - heart)
             amp = rng.uniform(0.16, 0.24)
             mask = (band > 0.4) & lung_hard[side]
             if _visible(mask, 2 * thick * length, px):
                 lesion_layer += amp * band
-                size = "mild" if length < 0.07 else "moderate"
+                size = "mild" if length < 0.095 else "moderate"
                 lesions.append(Lesion("atelectasis", side, "lower", size, mask=mask))
     if present["cardiomegaly"]:
         size = "mild" if ctr < 0.6 else ("moderate" if ctr < 0.64 else "severe")
