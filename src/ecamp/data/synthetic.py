@@ -464,6 +464,9 @@ def build_phantom_tokenizer(out_path: str | Path) -> tokenizers.Tokenizer:
     return train_wordpiece(phantom_corpus(), PHANTOM_VOCAB, out_path, min_frequency=1)
 
 
+_PNG_LEVEL = 1
+
+
 def make_phantom_world(out_dir: str | Path, n: int = 256, size: int = 256, seed: int = 0) -> Path:
     """Write ``n`` phantom images, masks and ``manifest.csv`` into ``out_dir``; return the manifest path."""
     out = Path(out_dir)
@@ -479,9 +482,17 @@ def make_phantom_world(out_dir: str | Path, n: int = 256, size: int = 256, seed:
         for les in lesions:
             classes[les.mask] |= bits[les.kind]
         union = (classes & ~bits["cardiomegaly"]) > 0
-        Image.fromarray(np.rint(img * 255).astype(np.uint8)).save(out / "images" / f"{key}.png")
-        Image.fromarray(union.astype(np.uint8) * 255).save(out / "masks" / f"{key}.png")
-        Image.fromarray(classes).save(out / "masks" / f"{key}_classes.png")
+        # zlib level 1: the same pixels as the default level 6 in about half the encoding time
+        # (PNG writing was half of the world's generation), files ~15% larger
+        Image.fromarray(np.rint(img * 255).astype(np.uint8)).save(
+            out / "images" / f"{key}.png", compress_level=_PNG_LEVEL
+        )
+        Image.fromarray(union.astype(np.uint8) * 255).save(
+            out / "masks" / f"{key}.png", compress_level=_PNG_LEVEL
+        )
+        Image.fromarray(classes).save(
+            out / "masks" / f"{key}_classes.png", compress_level=_PNG_LEVEL
+        )
         row: dict[str, object] = {
             "id": key,
             "image": f"images/{key}.png",

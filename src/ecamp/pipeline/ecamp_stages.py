@@ -111,8 +111,27 @@ def _data_run(ctx: StageContext) -> dict[str, Any]:
             seed=int(c.get("synthetic_seed", 0)),
         ).resolve()
         root = path.parent
-        return {"manifest": str(path), "image_root": str(root), "phantom": True}
+        out = {"manifest": str(path), "image_root": str(root), "phantom": True}
+        side = int(c.get("downstream_cache", 0) or 0)
+        if side:
+            out["downstream_cache"] = str(_phantom_downstream_cache(root, ctx.dir / "cache", side))
+        return out
     return {"manifest": str(path), "image_root": str(root), "phantom": False}
+
+
+def _phantom_downstream_cache(root: Path, out: Path, side: int) -> Path:
+    """Every downstream image of the phantom world in ``root`` decoded once into a ``side``-px
+    cache (with the segmentation masks), which every fine-tuning run then reads: decoding the
+    PNGs again every epoch and every validation pass was half of a fine-tuning run's time."""
+    import pandas as pd
+
+    from ecamp.data.downstream_cache import build_downstream_cache, source_manifests
+
+    per_task = source_manifests("phantom", str(root), ("cls", "seg", "det"))
+    images = pd.concat([df[["id", "image"]] for df in per_task.values()], ignore_index=True)
+    build_downstream_cache(images.drop_duplicates("id"), out, size=side)
+    build_downstream_cache(per_task["seg"], out, size=side, seg=True)
+    return out
 
 
 _DISTILL_KEYS = ("input", "id_column", "text_columns", "merge_id_column", "column")
@@ -276,8 +295,11 @@ def _finetune_resolved(c: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _finetune_cfg(c: dict[str, Any], init: str = "random", phantom_root: str = "") -> Any:
-    """The FinetuneConfig of one run: its dict, the encoder to start from, the shared world."""
+def _finetune_cfg(
+    c: dict[str, Any], init: str = "random", phantom_root: str = "", phantom_cache: str = ""
+) -> Any:
+    """The FinetuneConfig of one run: its dict, the encoder to start from, the shared world
+    (and its downstream cache, for a run that selects the default lesion classes)."""
     from ecamp.config import from_dict
     from ecamp.train.finetune import FinetuneConfig, check_config
 
@@ -286,6 +308,8 @@ def _finetune_cfg(c: dict[str, Any], init: str = "random", phantom_root: str = "
     d = data.setdefault("data", {})
     if phantom_root and d.get("dataset", "phantom") == "phantom" and not d.get("root"):
         d["root"] = phantom_root  # the pipeline's phantom world, not a fresh one per run
+        if phantom_cache and not d.get("cache") and not d.get("labels"):
+            d["cache"] = phantom_cache  # masks of the default classes are the ones cached
     cfg = from_dict(FinetuneConfig, data)
     check_config(cfg)
     return cfg
@@ -308,7 +332,8 @@ def _finetune_run(run: str, encoder: str) -> Callable[[StageContext], dict[str, 
         data = ctx.inputs["data"]
         share = data.get("phantom") and ctx.config.get("share_world", True)
         phantom = data["image_root"] if share else ""
-        cfg = _finetune_cfg(ctx.config, init, phantom)
+        cache = data.get("downstream_cache", "") if share else ""
+        cfg = _finetune_cfg(ctx.config, init, phantom, cache)
         cfg.output = str(ctx.dir)
         res = finetune(cfg, ctx.dir)
         wanted = ctx.config.get("metric") or res.get("metric") or []
