@@ -210,6 +210,23 @@ def test_default_registry_wires_the_stages() -> None:
     )  # from the base pretrain_default.yaml
     with pytest.raises(UserError, match="unknown section"):
         load_pipeline(None, ["pretrian.train.epochs=1"])
+    with pytest.raises(UserError, match=r"unknown key\(s\) \['synthtic_n'\]"):
+        default_stages(load_pipeline(None, ["data.synthtic_n=64"]))
+
+
+def test_finetune_runs_read_the_worlds_downstream_cache_only_for_the_cached_classes() -> None:
+    """A run of the shared phantom world reads its cache; one selecting other lesion classes
+    (whose masks the cache does not hold) or naming its own cache does not."""
+    from ecamp.pipeline.ecamp_stages import _finetune_cfg
+
+    run = {"task": "seg", "data": {"fraction": 5}}
+    cfg = _finetune_cfg(run, "random", "/w/phantom", "/w/cache")
+    assert (cfg.data.root, cfg.data.cache) == ("/w/phantom", "/w/cache")
+    other = {"task": "seg", "data": {"labels": ["nodule"]}}
+    assert _finetune_cfg(other, "random", "/w/phantom", "/w/cache").data.cache == ""
+    own = {"task": "cls", "data": {"cache": "/mine"}}
+    assert _finetune_cfg(own, "random", "/w/phantom", "/w/cache").data.cache == "/mine"
+    assert load_pipeline(None, [])["data"]["downstream_cache"] == 128
 
 
 def test_changing_pretrain_config_keeps_baseline_fingerprints() -> None:

@@ -35,6 +35,15 @@ SECTIONS = (
     "report",
 )
 ENCODERS = ("pretrained", "random")
+# the data section: a manifest of one's own, or the phantom world's size, seed and cache side
+DATA_KEYS = (
+    "manifest",
+    "image_root",
+    "synthetic_n",
+    "synthetic_size",
+    "synthetic_seed",
+    "downstream_cache",
+)
 
 log = get_logger(__name__)
 
@@ -377,6 +386,11 @@ def default_stages(cfg: dict[str, Any]) -> list[Stage]:
     """The stage registry for a pipeline config (the order is the run order)."""
     stages: list[Stage] = []
     data = _section(cfg, "data")
+    unknown = sorted(set(data) - set(DATA_KEYS))
+    if unknown:  # a typo (data.synthtic_n) would otherwise run the default world silently
+        from ecamp.config import ConfigError
+
+        raise ConfigError(f"pipeline data: unknown key(s) {unknown}; valid: {', '.join(DATA_KEYS)}")
     extra = (lambda: file_stamp(data["manifest"])) if data.get("manifest") else None
     stages.append(Stage("data", _data_run, config=data, extra_fingerprint=extra))
 
