@@ -33,7 +33,13 @@ import torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=800, help="optimizer steps (default 800)")
-    parser.add_argument("--n", type=int, default=512, help="phantom images (default 512)")
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=2048,
+        help="phantom images (default 2048, ~1,430 for training; with 512, 800 steps are ~36 "
+        "epochs of ~360 images and seed 1 gave 2.6x against 3.7x with 2048)",
+    )
     parser.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     parser.add_argument("--seed", type=int, default=0)
