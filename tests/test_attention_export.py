@@ -166,8 +166,9 @@ def test_training_is_deterministic_under_a_seed(run, tmp_path):
 
 @pytest.mark.parametrize("seed", [2, 3])
 def test_gloria_attention_lands_on_the_lesions(tmp_path, seed):
-    """GLoRIA's tiny CNN at a sharp attention temperature (gamma1 = 15; the embedded default uses 20) puts clearly more of an
-    entity word's attention in its lesion's box than a flat map would (ratio 1), within seconds;
+    """GLoRIA's tiny CNN at a sharp attention temperature (gamma1 = 15; the embedded default
+    uses 20) puts clearly more of an entity word's attention in its lesion's box than a flat map
+    would (ratio 1), within seconds;
     a map that ignores the image cannot pass."""
     from ecamp.data.synthetic import make_phantom_world
     from ecamp.train.attention import train

@@ -466,9 +466,8 @@ def add_arguments(parser: Any) -> None:
 
 
 def _run_downstream(args: Any) -> CacheReport:
-    import pandas as pd
 
-    from ecamp.data.downstream_cache import build_downstream_cache, source_manifests
+    from ecamp.data.downstream_cache import build_set_cache, source_manifests
 
     if args.resize == "pad":
         raise UserError("downstream caches squash images (as fine-tuning does): drop --resize pad")
@@ -480,17 +479,16 @@ def _run_downstream(args: Any) -> CacheReport:
         from ecamp.data.downstream import load_manifest
 
         per_task = {"seg" if "seg" in (args.task or ()) else "images": load_manifest(args.source)}
-    images = pd.concat([df[["id", "image"]] for df in per_task.values()], ignore_index=True)
-    kwargs = dict(
+    report, masks = build_set_cache(
+        per_task,
+        args.output,
         size=args.size,
         num_workers=args.workers,
         fmt=args.format,
         quality=args.quality,
         retry_failed=args.retry_failed,
     )
-    report, _ = build_downstream_cache(images, args.output, **kwargs)  # type: ignore[arg-type]
     if "seg" in per_task:
-        _, masks = build_downstream_cache(per_task["seg"], args.output, seg=True, **kwargs)  # type: ignore[arg-type]
         log.info("image cache %s: %d segmentation masks built", args.output, masks)
     return report
 

@@ -282,6 +282,22 @@ def build_downstream_cache(
     return report, built
 
 
+def build_set_cache(
+    per_task: dict[str, pd.DataFrame], out_dir: str | Path, **kwargs: Any
+) -> tuple[CacheReport, int]:
+    """Cache every image of ``per_task`` (task -> downstream manifest, as
+    :func:`source_manifests` returns) once, and the masks of its ``seg`` manifest if it has one;
+    ``kwargs`` go to :func:`build_downstream_cache`.  Returns the image report and masks built."""
+    import pandas as pd
+
+    images = pd.concat([df[["id", "image"]] for df in per_task.values()], ignore_index=True)
+    report, _ = build_downstream_cache(images.drop_duplicates(), out_dir, **kwargs)
+    masks = 0
+    if "seg" in per_task:
+        _, masks = build_downstream_cache(per_task["seg"], out_dir, seg=True, **kwargs)
+    return report, masks
+
+
 def source_manifests(
     dataset: str,
     root: str,

@@ -132,14 +132,9 @@ def _phantom_downstream_cache(root: Path, out: Path, side: int) -> Path:
     """Every downstream image of the phantom world in ``root`` decoded once into a ``side``-px
     cache (with the segmentation masks), which every fine-tuning run then reads: decoding the
     PNGs again every epoch and every validation pass was half of a fine-tuning run's time."""
-    import pandas as pd
+    from ecamp.data.downstream_cache import build_set_cache, source_manifests
 
-    from ecamp.data.downstream_cache import build_downstream_cache, source_manifests
-
-    per_task = source_manifests("phantom", str(root), ("cls", "seg", "det"))
-    images = pd.concat([df[["id", "image"]] for df in per_task.values()], ignore_index=True)
-    build_downstream_cache(images.drop_duplicates("id"), out, size=side)
-    build_downstream_cache(per_task["seg"], out, size=side, seg=True)
+    build_set_cache(source_manifests("phantom", str(root), ("cls", "seg", "det")), out, size=side)
     return out
 
 
