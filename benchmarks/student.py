@@ -122,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--precision", default="auto", help="train.precision (auto, bf16, fp32)")
+    ap.add_argument(
+        "--lora-dropout",
+        type=float,
+        default=0.0,
+        help="lora.dropout (default 0: on a CPU the dropout masks took 20%% of a step)",
+    )
+    ap.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     ap.add_argument("--retrain", action="store_true", help="train the student again")
     args = ap.parse_args(argv)
     setup_logging()
@@ -167,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.retrain or not (out / "results.json").is_file():
         cfg = StudentConfig(data=str(work / "pairs.jsonl"), base=str(base), val_size=16)
         cfg.eval_max_tokens = 96
+        cfg.lora.dropout = args.lora_dropout
+        cfg.lora.enabled = not args.full
         cfg.train.epochs = args.epochs
         cfg.train.batch_size = args.batch_size
         cfg.train.lr = args.lr

@@ -24,6 +24,7 @@ from ecamp.distill.student import (  # noqa: E402
     IGNORE,
     AnswerLoss,
     PadCollate,
+    PairDataset,
     StudentConfig,
     read_pairs,
     tokenize_pair,
@@ -169,6 +170,9 @@ def test_labels_mask_exactly_the_prompt_and_the_padding(tiny, pairs_file):
     ).all()
     n_answer = sum(sum(x != IGNORE for x in lab) for _, lab in items)
     assert int((batch["labels"] != IGNORE).sum()) == n_answer
+    # the student's batches group pairs of similar length (train.group_by_length)
+    assert PairDataset(pairs, tok, 1024).lengths == [len(ids) for ids, _ in items]
+    assert StudentConfig().train.group_by_length
 
 
 def test_answer_loss_equals_the_models_own_loss_per_sequence(tiny, pairs_file):

@@ -84,6 +84,54 @@ def test_no_drop_last_covers_every_sample() -> None:
     assert seen == set(range(11))
 
 
+def _grouped(n: int, batch: int, world: int, epoch: int, lengths, start: int = 0, drop=True):
+    per_rank = []
+    for r in range(world):
+        s = ShardedBatchSampler(
+            n, batch, world_size=world, rank=r, seed=5, drop_last=drop, lengths=lengths
+        )
+        s.set_epoch(epoch, start)
+        per_rank.append(list(s))
+    return per_rank
+
+
+def test_group_by_length_cuts_padding_and_keeps_the_contract() -> None:
+    rng = np.random.default_rng(0)
+    n, batch = 803, 8
+    lengths = rng.integers(20, 450, n)
+    one = _grouped(n, batch, 1, 0, lengths, drop=False)[0]
+    idx = [i for b in one for i, _ in b]
+    assert sorted(idx) == list(range(n))  # every item once (no drop_last)
+
+    def padded(batches) -> float:
+        return sum(len(b) * lengths[[i for i, _ in b]].max() for b in batches) / lengths.sum()
+
+    plain = ShardedBatchSampler(n, batch, seed=5, drop_last=False)
+    assert padded(one) < 1.05 < 1.3 < padded(list(plain))  # random batches: ~1.5x the tokens
+    # the order is a function of (seed, epoch): same again, another epoch differs
+    assert one == _grouped(n, batch, 1, 0, lengths, drop=False)[0]
+    assert one != _grouped(n, batch, 1, 1, lengths, drop=False)[0]
+    # batches are shuffled, not served longest first
+    maxima = [lengths[[i for i, _ in b]].max() for b in one[:-1]]
+    assert maxima != sorted(maxima, reverse=True)
+    # the global batch does not depend on the number of processes; resume starts mid-epoch
+    two = _grouped(n - 3, batch // 2, 2, 3, lengths[: n - 3])
+    ref = _grouped(n - 3, batch, 1, 3, lengths[: n - 3])[0]
+    assert [a + b for a, b in zip(*two)] == ref
+    assert _grouped(n - 3, batch, 1, 3, lengths[: n - 3], start=7)[0] == ref[7:]
+
+
+def test_group_by_length_needs_lengths(tmp_path) -> None:
+    from ecamp.config import TrainConfig
+    from ecamp.train.sampling import training_loader
+
+    cfg = TrainConfig(batch_size=2, group_by_length=True)
+    with pytest.raises(UserError, match="group_by_length"):
+        training_loader(list(range(10)), cfg, 1, 0, torch.device("cpu"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lengths"):
+        ShardedBatchSampler(10, 2, lengths=np.ones(9))
+
+
 def test_derive_seeds_spread() -> None:
     s = derive_seeds(0, 0, np.arange(10000))
     assert len(np.unique(s)) == 10000

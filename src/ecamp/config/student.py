@@ -24,6 +24,7 @@ def _student_train() -> TrainConfig:
         log_every=5,
         keep_last=1,
         drop_last=False,
+        group_by_length=True,
         tensorboard=False,
     )
 

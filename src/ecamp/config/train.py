@@ -40,4 +40,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     compile: bool = False
     drop_last: bool = True  # skip the epoch's tail that does not fill a global batch
+    # batch items of similar length together (datasets with item lengths: the student's
+    # pairs); with random batches half of a student batch was padding
+    group_by_length: bool = False
     find_unused_parameters: bool = False  # DDP: set when a config leaves some parameters unused

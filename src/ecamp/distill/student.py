@@ -173,6 +173,11 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def lengths(self) -> list[int]:
+        """Token count of each item (``train.group_by_length`` batches similar ones)."""
+        return [len(ids) for ids, _ in self.items]
+
     def __getitem__(self, index: int) -> tuple[list[int], list[int]]:
         return self.items[index]
 

@@ -6,7 +6,11 @@
 * every item reaches the dataset as ``(index, sample_seed)`` with the seed derived from
   ``(seed, epoch, position)``: augmentation is reproducible whatever the worker layout.
   Datasets that set ``accepts_seed = True`` get the tuple; others get the index, with the
-  global Python/NumPy/torch RNGs seeded from the sample seed around the call.
+  global Python/NumPy/torch RNGs seeded from the sample seed around the call;
+* with item ``lengths`` (``train.group_by_length``) each window of ``GROUP_WINDOW`` global
+  batches of the permutation is sorted by length and the full global batches are then
+  shuffled: a batch holds items of similar length, so little of it is padding, and the order
+  stays a function of ``(seed, epoch)`` only.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ecamp.config import TrainConfig
 from ecamp.errors import UserError
 
 _MASK63 = np.uint64((1 << 63) - 1)
+GROUP_WINDOW = 50  # global batches sorted together by length (HF's megabatch of 50)
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -60,7 +65,8 @@ class ShardedBatchSampler(Sampler[list[tuple[int, int]]]):
     ``set_epoch(e, start_batch)`` picks the epoch and the first micro-batch (resume).
     With ``drop_last`` the tail that does not fill a global batch is skipped; otherwise the
     order is padded (wrapping around) to a multiple of the world size and the last global
-    batch is shorter, split equally among ranks.
+    batch is shorter, split equally among ranks.  ``lengths`` (one per item) groups items of
+    similar length into the same global batch (see the module docstring).
     """
 
     def __init__(
@@ -72,9 +78,13 @@ class ShardedBatchSampler(Sampler[list[tuple[int, int]]]):
         seed: int = 0,
         drop_last: bool = True,
         shuffle: bool = True,
+        lengths: np.ndarray | None = None,
     ) -> None:
         if batch_size < 1:
             raise UserError(f"train.batch_size must be >= 1, got {batch_size}")
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"lengths has {len(lengths)} entries for {n} items")
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
         self.n, self.batch_size, self.world_size, self.rank = n, batch_size, world_size, rank
         self.seed, self.drop_last, self.shuffle = seed, drop_last, shuffle
         self.global_batch = batch_size * world_size
@@ -102,9 +112,29 @@ class ShardedBatchSampler(Sampler[list[tuple[int, int]]]):
             order = torch.arange(self.n)
         if self.padded_len > self.n:
             order = torch.cat([order, order[: self.padded_len - self.n]])
-        return order[: self.padded_len].numpy(), derive_seeds(
-            self.seed, epoch, np.arange(self.padded_len)
+        idx = order[: self.padded_len].numpy()
+        if self.lengths is not None:
+            idx = self._group_by_length(idx, epoch)
+        return idx, derive_seeds(self.seed, epoch, np.arange(self.padded_len))
+
+    def _group_by_length(self, idx: np.ndarray, epoch: int) -> np.ndarray:
+        """``idx`` sorted by length (longest first) in windows of GROUP_WINDOW global
+        batches, then its full global batches in a shuffled order (the short tail stays last)."""
+        assert self.lengths is not None
+        G = self.global_batch
+        w = GROUP_WINDOW * G
+        out = np.concatenate(
+            [
+                idx[a : a + w][np.argsort(-self.lengths[idx[a : a + w]], kind="stable")]
+                for a in range(0, len(idx), w)
+            ]
         )
+        full = len(out) // G
+        g = torch.Generator()
+        g.manual_seed(int(derive_seeds(self.seed, epoch, np.array([self.n + 1]))[0]))
+        perm = torch.randperm(full, generator=g).numpy()
+        head = out[: full * G].reshape(full, G)[perm].reshape(-1)
+        return np.concatenate([head, out[full * G :]])
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         idx, seeds = self.epoch_items(self.epoch)
@@ -150,6 +180,16 @@ class SeededIndexDataset(Dataset):
             return self.dataset[index]
 
 
+def _item_lengths(dataset: Any) -> np.ndarray:
+    lengths = getattr(dataset, "lengths", None)
+    if lengths is None:
+        raise UserError(
+            f"train.group_by_length needs a dataset with item lengths; "
+            f"{type(dataset).__name__} has none: set train.group_by_length=false"
+        )
+    return np.asarray(lengths)
+
+
 def training_loader(
     dataset: Dataset,
     cfg: TrainConfig,
@@ -169,6 +209,7 @@ def training_loader(
         rank,
         cfg.seed,
         drop_last=cfg.drop_last,
+        lengths=_item_lengths(dataset) if cfg.group_by_length else None,
     )
     if sampler.num_batches == 0:
         raise UserError(
