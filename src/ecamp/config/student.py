@@ -66,6 +66,9 @@ class StudentConfig:
     load_dtype: Literal["auto", "fp32", "bf16"] = (
         "auto"  # auto (bf16 base on CUDA with LoRA, else fp32) | fp32 | bf16
     )
+    # >0: train only the top N decoder layers (and the final norm; with LoRA, adapters there
+    # only); the layers below need no backward pass, so a step costs less.  0 = every layer
+    top_layers: int = 0
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainConfig = field(default_factory=_student_train)
 

@@ -211,8 +211,9 @@ class PadCollate:
 class AnswerLoss(nn.Module):
     """``model(batch) -> {"loss"}`` for the training loop: mean cross-entropy on answer tokens.
 
-    With ``adapter_only`` its state dict holds only the trainable (adapter) weights, so a
-    checkpoint of a 7B base stays a few MB; the frozen base is re-read from --base on resume.
+    With ``adapter_only`` its state dict holds only the trainable weights (adapters, or the
+    top layers with ``top_layers``), so a checkpoint of a 7B base stays a few MB; the frozen
+    base is re-read from --base on resume.
     """
 
     def __init__(self, lm: nn.Module, adapter_only: bool) -> None:
@@ -287,6 +288,7 @@ def build_student(cfg: StudentConfig):
     if cfg.gradient_checkpointing:
         lm.gradient_checkpointing_enable()
         lm.config.use_cache = False
+    top = _top_layer_indices(lm, cfg.top_layers)
     if cfg.lora.enabled:
         try:
             from peft import LoraConfig, get_peft_model
@@ -309,13 +311,40 @@ def build_student(cfg: StudentConfig):
                 lora_alpha=cfg.lora.alpha,
                 lora_dropout=cfg.lora.dropout,
                 target_modules=targets,
+                layers_to_transform=top,
                 task_type="CAUSAL_LM",
             ),
         )
         for p in lm.parameters():  # adapters train in fp32 over a bf16 base
             if p.requires_grad:
                 p.data = p.data.float()
-    return AnswerLoss(lm, adapter_only=cfg.lora.enabled), tok
+    elif top is not None:
+        decoder = lm.get_decoder()
+        for p in lm.parameters():
+            p.requires_grad_(False)
+        for i in top:
+            decoder.layers[i].requires_grad_(True)
+        if getattr(decoder, "norm", None) is not None:
+            decoder.norm.requires_grad_(True)
+    return AnswerLoss(lm, adapter_only=cfg.lora.enabled or top is not None), tok
+
+
+def _top_layer_indices(lm: nn.Module, n: int) -> list[int] | None:
+    """Indices of the top ``n`` decoder layers (None: train every layer)."""
+    if n < 0:
+        raise UserError(f"top_layers must be >= 0, got {n}")
+    if n == 0:
+        return None
+    get_decoder: Any = getattr(lm, "get_decoder", None)
+    layers = getattr(get_decoder(), "layers", None) if callable(get_decoder) else None
+    if not isinstance(layers, nn.ModuleList):
+        raise UserError(
+            "top_layers needs a decoder with a `layers` list (Llama-family models); "
+            "set top_layers=0 to train every layer"
+        )
+    if n > len(layers):
+        raise UserError(f"top_layers={n}, but the base has only {len(layers)} decoder layers")
+    return list(range(len(layers) - n, len(layers)))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -372,7 +401,7 @@ def make_eval_fn(val: list[Pair], tokenizer, cfg: StudentConfig):
 def save_merged(student: AnswerLoss, tokenizer, output: Path) -> Path:
     """Adapters merged into the base, written as a save_pretrained folder (atomically)."""
     lm: Any = student.lm
-    if student.adapter_only:
+    if hasattr(lm, "merge_and_unload"):  # a peft model: fold the adapters in
         lm = lm.merge_and_unload()
     final = output / MODEL_DIR
     tmp = output / f".{MODEL_DIR}.tmp"
@@ -414,7 +443,8 @@ def train_student(cfg: StudentConfig, output: str | Path) -> dict[str, Any]:
         cfg.base,
         len(dataset),
         len(val),
-        "LoRA" if cfg.lora.enabled else "full fine-tuning",
+        ("LoRA" if cfg.lora.enabled else "full fine-tuning")
+        + (f" of the top {cfg.top_layers} layers" if cfg.top_layers else ""),
         n_train / 1e6,
         n_params / 1e6,
     )
