@@ -58,7 +58,8 @@ from typing import Any
 
 import torch
 
-RELEASE_S_PER_STEP = 6.1  # release model, batch 4, this machine (the lead's measurement)
+RELEASE_S_PER_STEP = 6.1  # release model, batch 4, fp32, on the AVX-512 CPU of the README table;
+# speedup_vs_release is only meaningful there: elsewhere time the release side by side
 RELEASE_GFLOP_PER_STEP = 541.0
 
 
