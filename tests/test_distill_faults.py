@@ -91,6 +91,8 @@ class FakeLLM:
             answer = answer + " There is cardiomegaly."
         elif self.mode == "garbage_once" and n == 1:
             answer = "lorem ipsum"
+        elif self.mode == "omit" and "," in last.rsplit("Entities:", 1)[-1]:
+            answer = answer.split(". ")[0].rstrip(".") + "."  # stops after one sentence
         time.sleep(self.delay)
         h._json(
             200,
@@ -223,6 +225,58 @@ def test_one_bad_answer_is_retried_once(fake, tmp_path):
     srv = fake(mode="garbage_once")
     s, recs = run(cfg_for(srv.url, concurrency=1), tmp_path, reports=REPORTS[:1])
     assert recs["a"]["status"] == "ok" and srv.requests == 2
+
+
+def test_omitted_entities_are_asked_for_once_more(fake, tmp_path):
+    report = REPORTS[2]  # effusion, edema
+    srv = fake(mode="omit")
+    s, recs = run(cfg_for(srv.url, concurrency=1), tmp_path, reports=[report])
+    rec = recs["c"]
+    assert srv.requests == 2 and s.completed == 1 and rec["status"] == "ok"
+    assert {f["entity"]: f["status"] for f in rec["findings"]} == {
+        "effusion": "positive",
+        "edema": "negative",
+    }
+    assert rec["reason"] == "asked again for omitted entities: edema"
+    assert rec["distilled"] == distilled_text(report.text)
+    # switched off: the short answer stands, one request
+    srv = fake(mode="omit")
+    s, recs = run(
+        cfg_for(srv.url, concurrency=1, complete_omitted=False), tmp_path, [report], "off.jsonl"
+    )
+    assert srv.requests == 1 and s.completed == 0
+    assert [f["entity"] for f in recs["c"]["findings"]] == ["effusion"]
+
+
+class BatchedOmitting:
+    """A batched in-process backend (as transformers is) whose first answers stop early."""
+
+    name, model_id, batch_size, max_concurrency = "fake-batched", "fake", 8, 1
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def chat_batch(self, chats: list[list[dict[str, str]]]) -> list[str]:
+        self.calls.append(len(chats))
+        out = []
+        for messages in chats:
+            last = messages[-1]["content"]
+            answer = distilled_text(REPORT.search(last).group(1))
+            if len(self.calls) == 1:
+                answer = answer.split(". ")[0].rstrip(".") + "."
+            out.append(answer)
+        return out
+
+
+def test_batched_backend_asks_for_the_omitted_entities_in_one_more_batch(tmp_path):
+    backend = BatchedOmitting()
+    cfg = DistillConfig(backend="transformers", model="fake")
+    s = distill_corpus(REPORTS, cfg, tmp_path / "b.jsonl", backend, load_prompt(), progress=False)
+    recs = {r["id"]: r for r in collect(REPORTS, tmp_path / "b.jsonl")}
+    # a and c name two entities, b four; d none (not asked)
+    assert backend.calls == [3, 3] and s.completed == 3 and s.fallbacks == 0
+    for r in REPORTS[:3]:
+        assert recs[r.id]["distilled"] == distilled_text(r.text), r.id
 
 
 def test_server_dying_mid_run_stops_cleanly_and_a_rerun_finishes(fake, tmp_path):

@@ -225,6 +225,35 @@ def test_prompt_is_one_shot_and_lists_the_report_entities(tmp_path):
         load_prompt(bad)
 
 
+def test_student_prompt_keeps_only_the_sentences_naming_an_entity(tmp_path):
+    student = load_prompt("student")
+    assert student.report == "entity_sentences"
+    report = (
+        "Heart size normal.  The XXXX are intact. No pneumothorax. Lungs are clear, mild edema."
+    )
+    user = student.messages(report)[-1]["content"]
+    assert (
+        user
+        == "Report: No pneumothorax. Lungs are clear, mild edema.\nEntities: pneumothorax, edema"
+    )
+    # entities given by the caller decide which sentences stay
+    assert "edema" not in student.messages(report, ["pneumothorax"])[-1]["content"].split("\n")[0]
+    # nothing named: the whole report, whitespace folded
+    assert student.messages("The XXXX are  intact.")[-1]["content"].startswith(
+        "Report: The XXXX are intact.\n"
+    )
+    # the mode is part of the prompt's identity (cached answers are not mixed) ...
+    full = tmp_path / "full.yaml"
+    full.write_text(f"system: {student.system}\nuser: '{student.user}'\nreport: full\n")
+    assert load_prompt(full).fingerprint() != student.fingerprint()
+    assert load_prompt(full).messages(report)[-1]["content"].startswith("Report: Heart size")
+    # ... and a mode that does not exist is refused by name
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("system: S\nuser: '{report}'\nreport: summary\n")
+    with pytest.raises(UserError, match="report must be one of full, entity_sentences"):
+        load_prompt(bad)
+
+
 @pytest.mark.parametrize(
     ("answer", "problem"),
     [

@@ -46,6 +46,9 @@ class DistillConfig:
     # prompt
     prompt_file: str | None = None
     validation_retries: int = 1  # rejected answers are asked again this often, then rules
+    # a valid answer that leaves entities out: ask once more for just those (small students
+    # stop early); like validation_retries, not part of the cache key
+    complete_omitted: bool = True
 
     def resolved_api_key(self) -> str:
         """The key to send ("none" for local servers that need no key)."""

@@ -191,8 +191,11 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--prompt-file",
         default=None,
         metavar="FILE",
-        help="prompt YAML (system, user, example.report, example.answer); default: the packaged "
-        "one-shot prompt; `student`: the packaged short prompt without the example (for trained students)",
+        help="prompt YAML (system, user, example.report, example.answer; report: full or "
+        "entity_sentences); default: the packaged one-shot prompt; `student`: the packaged short "
+        "prompt without the example, showing only the sentences that name an entity (for trained "
+        "students). An answer that leaves entities out is asked once more for just those "
+        "(--set complete_omitted=false: not)",
     )
     p.add_argument("--max-tokens", type=int, default=None, help="answer length limit (default 384)")
     p.add_argument(

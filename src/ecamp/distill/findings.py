@@ -28,6 +28,7 @@ class Distillation:
     backend: str = "rules"
     status: str = "ok"  # ok | fallback | empty | failed
     reason: str | None = None
+    completed: int = 0  # entities the first answer left out and a second question supplied
 
     @property
     def distilled(self) -> str:

@@ -5,7 +5,10 @@ pair of the paper's Appendix C as its example; a user prompt file with the same 
 (``system``, ``user`` with ``{report}`` and ``{entities}``, ``example.report``,
 ``example.answer``) replaces it.  ``student`` names the packaged short prompt for a
 fine-tuned student (``resources/distill/student_prompt.yaml``): no example, so a prompt file
-may leave ``example`` out.
+may leave ``example`` out.  ``report: entity_sentences`` puts only the report's sentences that
+mention an entity into ``{report}`` (the student prompt does: a shorter sequence to train on
+and to distil, and no sentence the answer could draw on is dropped); ``full`` (the default)
+puts the whole report.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from pathlib import Path
 import yaml
 
 from ecamp.errors import UserError
-from ecamp.text.entities import find_entities
+from ecamp.text.entities import find_entities, split_sentences
+
+REPORT_MODES = ("full", "entity_sentences")
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Prompt:
     user: str
     example_report: str
     example_answer: str
+    report: str = "full"  # or "entity_sentences" (see the module doc)
 
     def messages(self, report: str, entities: list[str] | None = None) -> list[dict[str, str]]:
         """Chat messages for one report: system, example user/assistant (when the prompt has
@@ -53,19 +59,34 @@ class Prompt:
         ]
 
     def _user(self, report: str, entities: list[str]) -> str:
-        return self.user.replace("{report}", " ".join(report.split())).replace(
-            "{entities}", ", ".join(entities)
-        )
+        text = " ".join(report.split())
+        if self.report == "entity_sentences":
+            text = entity_sentences(text, entities)
+        return self.user.replace("{report}", text).replace("{entities}", ", ".join(entities))
 
     def fingerprint(self) -> str:
         """A short hash of the prompt: cached answers are reused only for the same prompt."""
-        blob = json.dumps([self.system, self.user, self.example_report, self.example_answer])
+        parts = [self.system, self.user, self.example_report, self.example_answer]
+        if self.report != "full":  # "full" keeps the fingerprints of earlier caches
+            parts.append(self.report)
+        blob = json.dumps(parts)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def entity_list(report: str) -> list[str]:
     """The distinct canonical entities mentioned in ``report``, in order of first mention."""
     return list(dict.fromkeys(m.entity for m in find_entities(report)))
+
+
+def entity_sentences(text: str, entities: list[str]) -> str:
+    """The sentences of ``text`` that mention one of ``entities``, in order, space-joined
+    (the whole text when none does: the model still sees what it is asked about)."""
+    wanted = set(entities)
+    keep = sorted({m.sentence_index for m in find_entities(text) if m.entity in wanted})
+    if not keep:
+        return text
+    spans = split_sentences(text)
+    return " ".join(text[spans[i][0] : spans[i][1]] for i in keep)
 
 
 def default_prompt_path() -> Path:
@@ -107,12 +128,18 @@ def load_prompt(path: str | Path | None = None) -> Prompt:
             user=str(data["user"]),
             example_report=str(example["report"]).strip(),
             example_answer=str(example["answer"]).strip(),
+            report=str(data.get("report", "full")),
         )
     except (KeyError, TypeError) as e:
         raise UserError(
             f"prompt file {p} must have keys system, user and, for a one-shot prompt, "
             f"example.report and example.answer (missing {e})"
         ) from None
+    if prompt.report not in REPORT_MODES:
+        raise UserError(
+            f"prompt file {p}: report must be one of {', '.join(REPORT_MODES)}, "
+            f"got {prompt.report!r}"
+        )
     if "{report}" not in prompt.user:
         raise UserError(f"prompt file {p}: the user template must contain {{report}}")
     return prompt

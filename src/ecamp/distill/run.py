@@ -250,9 +250,10 @@ def distill_with_rules(report: Report) -> Distillation:
 
 
 def distill_with_llm(
-    report: Report, backend: ChatBackend, prompt: Prompt, retries: int = 1
+    report: Report, backend: ChatBackend, prompt: Prompt, retries: int = 1, complete: bool = True
 ) -> Distillation:
     """Ask the LLM; a rejected answer is asked again ``retries`` times, then rules replace it.
+    With ``complete``, entities a valid answer leaves out are asked for once more, alone.
 
     Raises BackendUnavailable when the server cannot be reached (the report is not cached
     and a rerun tries it again).
@@ -268,10 +269,34 @@ def distill_with_llm(
         answer = backend.chat(messages)
         parsed = parse_answer(answer, entities)
         if parsed.ok:
-            return Distillation(parsed.findings, backend=backend.name, status="ok")
+            d = Distillation(parsed.findings, backend=backend.name, status="ok")
+            missing = omitted(d, entities) if complete else []
+            if missing:
+                _complete(d, backend.chat(prompt.messages(report.text, missing)), entities, missing)
+            return d
         problem = parsed.problem or "rejected"
         messages = _retry_messages(messages, answer, problem, entities)
     return _fallback(report, backend, problem)
+
+
+def omitted(d: Distillation, entities: list[str]) -> list[str]:
+    """The entities of the report that no finding of ``d`` names, in report order."""
+    named = {f.entity for f in d.findings}
+    return [e for e in entities if e not in named]
+
+
+def _complete(d: Distillation, answer: str, entities: list[str], missing: list[str]) -> None:
+    """Add to ``d`` the findings about ``missing`` entities that ``answer`` (to a question
+    about just those) gives; an invalid answer adds nothing (the first answer stands)."""
+    parsed = parse_answer(answer, entities)
+    if not parsed.ok:
+        return
+    added = [f for f in parsed.findings if f.entity in missing]
+    got = list(dict.fromkeys(f.entity for f in added))
+    if got:
+        d.findings.extend(added)
+        d.completed = len(got)
+        d.reason = f"asked again for omitted entities: {', '.join(got)}"
 
 
 def _retry_messages(
@@ -299,10 +324,14 @@ def _fallback(report: Report, backend: ChatBackend, problem: str) -> Distillatio
 
 
 def distill_batch_with_llm(
-    reports: list[Report], backend: ChatBackend, prompt: Prompt, retries: int = 1
+    reports: list[Report],
+    backend: ChatBackend,
+    prompt: Prompt,
+    retries: int = 1,
+    complete: bool = True,
 ) -> list[Distillation]:
     """:func:`distill_with_llm` for a batch, through ``backend.chat_batch`` (one call per
-    round: the first answers, then the rejected ones asked again)."""
+    round: the first answers, the rejected ones asked again, then the omitted entities)."""
     out: list[Distillation | None] = [None] * len(reports)
     todo: list[tuple[int, list[str], list[dict[str, str]]]] = []
     for i, r in enumerate(reports):
@@ -334,6 +363,18 @@ def distill_batch_with_llm(
         todo = rejected
     for i, _, _ in todo:
         out[i] = _fallback(reports[i], backend, problems[i])
+    if complete:
+        gaps = []
+        for i, d in enumerate(out):
+            if d is not None and d.status == "ok" and d.findings:
+                entities = entity_list(reports[i].text)
+                missing = omitted(d, entities)
+                if missing:
+                    gaps.append((d, entities, missing, prompt.messages(reports[i].text, missing)))
+        if gaps:
+            answers = backend.chat_batch([g[3] for g in gaps])  # type: ignore[attr-defined]
+            for (d, entities, missing, _), answer in zip(gaps, answers):
+                _complete(d, answer, entities, missing)
     return [d for d in out if d is not None]
 
 
@@ -345,6 +386,7 @@ class Summary:
     done: int = 0
     cached: int = 0
     fallbacks: int = 0
+    completed: int = 0  # answers an omitted-entity question added to
     failures: int = 0
     empty: int = 0
     written: int = 0
@@ -387,6 +429,7 @@ def distill_corpus(
         cache.append(rec)
         summary.done += 1
         summary.fallbacks += d.status == "fallback"
+        summary.completed += d.completed > 0
         summary.empty += d.status == "empty"
         bar.update(1)
 
@@ -418,7 +461,14 @@ def _run_llm(todo, backend, prompt, cfg, record, summary, bar) -> None:
             r = next(it, None)
             if r is not None:
                 pending[
-                    pool.submit(distill_with_llm, r, backend, prompt, cfg.validation_retries)
+                    pool.submit(
+                        distill_with_llm,
+                        r,
+                        backend,
+                        prompt,
+                        cfg.validation_retries,
+                        cfg.complete_omitted,
+                    )
                 ] = r
 
         for _ in range(2 * workers):  # a bounded window: memory stays flat on big corpora
@@ -456,7 +506,9 @@ def _run_batched(todo, backend, prompt, cfg, record, summary, bar) -> None:
     for lo in range(0, len(todo), size):
         chunk = todo[lo : lo + size]
         try:
-            results = distill_batch_with_llm(chunk, backend, prompt, cfg.validation_retries)
+            results = distill_batch_with_llm(
+                chunk, backend, prompt, cfg.validation_retries, cfg.complete_omitted
+            )
         except BackendUnavailable as e:
             summary.failures += len(chunk)
             summary.failed_ids.extend(r.id for r in chunk)
