@@ -334,6 +334,7 @@ def distill_batch_with_llm(
     round: the first answers, the rejected ones asked again, then the omitted entities)."""
     out: list[Distillation | None] = [None] * len(reports)
     todo: list[tuple[int, list[str], list[dict[str, str]]]] = []
+    asked: dict[int, list[str]] = {}  # report index -> its entities, for the omission round
     for i, r in enumerate(reports):
         if not r.text.strip():
             out[i] = Distillation(
@@ -346,6 +347,7 @@ def distill_batch_with_llm(
                 [], backend=backend.name, status="ok", reason="no entity mentioned"
             )
             continue
+        asked[i] = entities
         todo.append((i, entities, prompt.messages(r.text, entities)))
     problems: dict[int, str] = {}
     for _ in range(1 + max(0, retries)):
@@ -365,9 +367,9 @@ def distill_batch_with_llm(
         out[i] = _fallback(reports[i], backend, problems[i])
     if complete:
         gaps = []
-        for i, d in enumerate(out):
+        for i, entities in asked.items():
+            d = out[i]
             if d is not None and d.status == "ok" and d.findings:
-                entities = entity_list(reports[i].text)
                 missing = omitted(d, entities)
                 if missing:
                     gaps.append((d, entities, missing, prompt.messages(reports[i].text, missing)))
