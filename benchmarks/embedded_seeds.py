@@ -3,8 +3,9 @@
 Each (seed, threads) pair is one `ecamp run` in its own child process (OMP / MKL / OpenBLAS
 threads and torch's intra-op threads set to the count) in its own folder
 ``OUTPUT/seed<S>_t<T>``, with ``data.synthetic_seed=<S>`` and the extra overrides.  A run whose
-``bench.json`` records the same overrides and whose ``results.json`` exists is reused, not re-run;
-an interrupted one resumes where `ecamp run` stopped.  Then, per thread count, every task and
+``bench.json`` records the same overrides is reused when `ecamp run` (always called: it checks
+every stage's fingerprint in seconds) runs none of its stages again; a change to ecamp's defaults
+re-runs the stages it touches, and an interrupted run resumes where `ecamp run` stopped.  Then, per thread count, every task and
 metric (linear-probe and fine-tune AUC, segmentation Dice and per-image Dice, detection mAP
 and COCO-style mAP) gets each seed's delta (pre-trained minus random init), the mean delta,
 its standard error (std / sqrt(n), ddof 1) and whether the mean exceeds twice the SE; an
@@ -67,16 +68,29 @@ def int_list(text: str) -> list[int]:
     return out
 
 
+def _stages_ran(run_dir: Path) -> bool:
+    """Whether the last `ecamp run` in ``run_dir`` ran any stage (its ``pipeline.json``)."""
+    try:
+        stages = json.loads((run_dir / "pipeline.json").read_text()).get("stages", [])
+    except (OSError, ValueError):
+        return True
+    return any(s.get("status") == "ran" for s in stages)
+
+
 def run_one(
     run_dir: Path, seed: int, threads: int, overrides: list[str], pipeline: str | None
 ) -> dict[str, Any]:
-    """One `ecamp run` (or the reuse of a finished one); its bench record."""
+    """One `ecamp run` (a finished one only re-checks its stages); its bench record.
+
+    `ecamp run` is always called: it skips every stage whose fingerprint still matches, so a
+    run is reused only when nothing ran again.  Trusting a finished record alone kept stale
+    results after a change to ecamp's embedded defaults, which no override records.
+    """
     keys = [f"data.synthetic_seed={seed}", *overrides]
     rec_path = run_dir / RECORD
-    if rec_path.is_file() and (run_dir / "results.json").is_file():
-        rec = json.loads(rec_path.read_text())
-        if rec.get("overrides") == keys and rec.get("pipeline") == pipeline:
-            return {**rec, "reused": True}
+    old = json.loads(rec_path.read_text()) if rec_path.is_file() else None
+    if old and (old.get("overrides") != keys or old.get("pipeline") != pipeline):
+        old = None
     resumed = any(run_dir.rglob("stage.json")) if run_dir.is_dir() else False
     code = (
         "import sys, torch; torch.set_num_threads(int(sys.argv.pop(1))); "
@@ -96,6 +110,8 @@ def run_one(
     seconds = time.perf_counter() - t0
     if rc:
         raise SystemExit(f"ecamp run failed for {run_dir} (exit {rc}); see {log}; rerun to resume")
+    if old and not _stages_ran(run_dir):
+        return {**old, "reused": True}  # its wall time is the one that produced the results
     rec = {
         "seed": seed,
         "threads": threads,

@@ -26,8 +26,9 @@ def bench():
 class FakeRun:
     """Stands in for the `ecamp run` child: writes results.json from the seed it was given."""
 
-    def __init__(self) -> None:
+    def __init__(self, ran: bool = True) -> None:
         self.calls: list[dict[str, Any]] = []
+        self.ran = ran  # False: every stage's fingerprint matched, `ecamp run` skipped them all
 
     def __call__(self, cmd: list[str], stdout: Any, stderr: Any, env: dict[str, str]) -> int:
         out = Path(cmd[cmd.index("--output") + 1])
@@ -46,6 +47,9 @@ class FakeRun:
             {"task": "segmentation", "metric": "dice", "encoder": "random", "value": 0.4},
         ]
         (out / "results.json").write_text(json.dumps(rows))
+        status = "ran" if self.ran else "skipped"
+        stages = [{"name": "data", "status": "skipped"}, {"name": "pretrain", "status": status}]
+        (out / "pipeline.json").write_text(json.dumps({"stages": stages}))
         return 0
 
 
@@ -80,10 +84,21 @@ def test_runs_each_seed_and_thread_count_then_reuses_them(
     assert (tmp_path / "report_t2" / "report.html").is_file()
     assert json.loads((tmp_path / "summary.json").read_text())["seeds"] == [0, 1]
 
-    again = FakeRun()
+    first = json.loads((tmp_path / "seed0_t1" / "bench.json").read_text())
+    again = FakeRun(ran=False)
     assert _main(bench, monkeypatch, argv, again) == 0
-    assert again.calls == []  # every run finished with these overrides: reused
+    # `ecamp run` re-checks each finished run; none ran a stage, so each is reused as it was
+    assert len(again.calls) == 4
+    assert json.loads((tmp_path / "seed0_t1" / "bench.json").read_text()) == first
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert all(r["reused"] for r in summary["runs"])
     assert "| 0 | 1 | " in capsys.readouterr().out
+
+    # a changed default re-runs some stage: the run is measured again, not reused
+    rerun = FakeRun(ran=True)
+    assert _main(bench, monkeypatch, [*argv, "--no-report"], rerun) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert not any(r["reused"] for r in summary["runs"])
 
     changed = FakeRun()
     assert _main(bench, monkeypatch, [*argv[:-1], "x.y=2", "--no-report"], changed) == 0

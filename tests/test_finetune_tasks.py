@@ -121,11 +121,35 @@ def test_segmentation_beats_trivial_masks(seg_world, tmp_path):
 
 
 def test_detection_finds_lesions(world, tmp_path):
-    cfg = quick_config("det", f"data.root={world}", "train.epochs=20", "model.det_hidden=64")
+    cfg = quick_config(
+        "det",
+        f"data.root={world}",
+        "train.epochs=20",
+        "model.det_hidden=64",
+        "select_metric=map_coco",
+    )
     res = finetune(cfg, tmp_path)
     # 10 epochs do not reach the MGCA protocol's 0.5 confidence; the COCO protocol scores all
     # (the larger lesions of the current world needed 20 epochs here, 10 gave COCO mAP 0.021)
     assert res["metric"] == "map" and res["metrics"]["map_coco"] > 0.05, res["metrics"]
+    # best.pt was picked by the validation map_coco, while the headline stays the MGCA mAP
+    evals = pd.read_csv(tmp_path / "eval.csv")
+    assert res["val_best_metric"] == "map_coco"
+    assert res["val_best"] == pytest.approx(evals["map_coco"].max())
+
+
+def test_selection_metric_defaults_to_the_headline_and_refuses_other_names():
+    from ecamp.train.finetune import selection_metric
+
+    assert selection_metric(quick_config("det"), False) == "map"
+    assert selection_metric(quick_config("det", "select_metric=map_coco"), False) == "map_coco"
+    assert selection_metric(quick_config("seg", "select_metric=dice_global"), False) == (
+        "dice_global"
+    )
+    with pytest.raises(UserError, match=r"select_metric='map_coco'.*'seg'.*dice_global"):
+        selection_metric(quick_config("seg", "select_metric=map_coco"), False)
+    with pytest.raises(UserError, match="map_mgca"):
+        selection_metric(quick_config("det", "det_protocol=coco", "select_metric=map_coco"), False)
 
 
 def test_bad_config_is_named():

@@ -118,6 +118,11 @@ class FinetuneConfig:
     # segmentation headline / best-checkpoint Dice: per_image (mean over images, the release's
     # get_dice) | global (pooled over all pixels); results.json reports both
     seg_dice: Literal["per_image", "global"] = "per_image"
+    # validation metric that picks checkpoints/best.pt; empty: the headline metric.  Any name
+    # eval.csv has for the task (det: map, map_coco / map_mgca; seg: dice, dice_per_image,
+    # dice_global).  With few labels the MGCA mAP scores a handful of confident val images and
+    # can pick a near-untrained state; map_coco scores every image
+    select_metric: str = ""
     output: str = ""
 
 

@@ -70,6 +70,27 @@ def task_metric(task: str, multilabel: bool) -> str:
     return {"seg": "dice", "det": "map"}[task]
 
 
+def selection_metric(cfg: FinetuneConfig, multilabel: bool) -> str:
+    """The validation metric that picks ``best.pt``: ``select_metric``, else the headline one."""
+    from ecamp.eval.metrics import DICE_REDUCTIONS
+
+    headline = task_metric(cfg.task, multilabel)
+    if not cfg.select_metric:
+        return headline
+    names = [headline]
+    if cfg.task == "seg":
+        names += [f"dice_{r}" for r in DICE_REDUCTIONS]
+    elif cfg.task == "det":
+        names.append("map_coco" if cfg.det_protocol == "mgca" else "map_mgca")
+    if cfg.select_metric not in names:
+        raise UserError(
+            f"select_metric={cfg.select_metric!r} is not a validation metric of task "
+            f"{cfg.task!r} (det_protocol={cfg.det_protocol}); choose one of {names} or leave it "
+            "empty for the headline metric"
+        )
+    return cfg.select_metric
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -281,12 +302,13 @@ def finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
     model = build_model(cfg, resolved.encoder, data.num_classes, data.multilabel)
     _apply_steps(cfg, len(data.datasets["train"]))
     metric = task_metric(cfg.task, data.multilabel)
+    select = selection_metric(cfg, data.multilabel)
     val = data.datasets.get("val")
     last_epoch = cfg.train.epochs - 1
 
     def eval_fn(m: Any, epoch: int) -> dict[str, float]:
         if (epoch + 1) % cfg.eval_every and epoch != last_epoch:
-            return {metric: float("nan")}  # skipped: never "best"
+            return {metric: float("nan"), select: float("nan")}  # skipped: never "best"
         return _scalars(evaluate(m, val, cfg, data))
 
     if val is None:
@@ -301,7 +323,7 @@ def finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
         ),
         eval_fn=eval_fn if val is not None else None,
         config_to_save=cfg,
-        best_metric=metric if val is not None else None,
+        best_metric=select if val is not None else None,
         best_mode="max",
         num_workers=cfg.data.num_workers,
         persistent_workers=cfg.data.num_workers > 0,
@@ -326,6 +348,7 @@ def finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
             "split": split,
             "metrics": {k: (_finite(v) if isinstance(v, float) else v) for k, v in scored.items()},
             "val_best": _finite(summary.get("best_value")),
+            "val_best_metric": select,
             "init": cfg.model.init,
             "init_kind": resolved.kind,
             "linear_probe": cfg.model.linear_probe,
