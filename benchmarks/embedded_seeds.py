@@ -2,13 +2,13 @@
 
 Each (seed, threads) pair is one `ecamp run` in its own child process (OMP / MKL / OpenBLAS
 threads and torch's intra-op threads set to the count) in its own folder
-``OUTPUT/seed<S>_t<T>``, with ``data.synthetic_seed=<S>`` and the extra overrides.  A run whose
-``bench.json`` records the same overrides is reused when `ecamp run` (always called: it checks
-every stage's fingerprint in seconds) runs none of its stages again; a change to ecamp's defaults
-re-runs the stages it touches, and an interrupted run resumes where `ecamp run` stopped.  Then, per thread count, every task and
-metric (linear-probe and fine-tune AUC, segmentation Dice and per-image Dice, detection mAP
-and COCO-style mAP) gets each seed's delta (pre-trained minus random init), the mean delta,
-its standard error (std / sqrt(n), ddof 1) and whether the mean exceeds twice the SE; an
+``OUTPUT/seed<S>_t<T>``, with ``data.synthetic_seed=<S>`` and the extra overrides.  A run
+whose ``bench.json`` records the same overrides is reused when `ecamp run` (always called: it
+checks every stage's fingerprint in seconds) runs none of its stages again; a change to ecamp's
+defaults re-runs the stages it touches, and an interrupted run resumes where `ecamp run`
+stopped.  Then, per thread count, every task and metric (linear-probe and fine-tune AUC,
+segmentation Dice and per-image Dice, detection mAP and COCO-style mAP) gets each seed's delta
+(pre-trained minus random init), the mean delta, its standard error (std / sqrt(n), ddof 1) and whether the mean exceeds twice the SE; an
 effect is *robust* when it does and every seed's delta is positive.  Prints one JSON line, then
 the tables, the wall time of each run and the CPU kind; writes ``OUTPUT/summary.json`` and a
 seeds report per thread count, ``OUTPUT/report_t<T>/report.html`` (deltas with error bars).
