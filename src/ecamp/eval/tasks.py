@@ -44,6 +44,19 @@ def evaluate_segmentation(
     return {metric: both[f"dice_{reduction}"], **both}
 
 
+def _other_protocol(protocol: str) -> str:
+    return "coco" if protocol == "mgca" else "mgca"
+
+
+def scalar_metric_names(task: str, metric: str, det_protocol: str = "mgca") -> list[str]:
+    """The scalar metrics the task's scorer returns: ``metric`` (the headline) first."""
+    if task == "seg":
+        return [metric, *(f"dice_{r}" for r in M.DICE_REDUCTIONS)]  # as dice_scores names them
+    if task == "det":
+        return [metric, f"map_{_other_protocol(det_protocol)}"]
+    return [metric]
+
+
 def evaluate_detection(
     preds: list[tuple[np.ndarray, np.ndarray]],
     targets: list[np.ndarray],
@@ -51,7 +64,7 @@ def evaluate_detection(
     metric: str,
 ) -> dict[str, Any]:
     """mAP under ``protocol`` as ``metric``, and under the other protocol as ``map_<other>``."""
-    other = "coco" if protocol == "mgca" else "mgca"
+    other = _other_protocol(protocol)
     return {
         metric: M.detection_map(preds, targets, protocol=protocol),
         f"map_{other}": M.detection_map(preds, targets, protocol=other),

@@ -72,16 +72,12 @@ def task_metric(task: str, multilabel: bool) -> str:
 
 def selection_metric(cfg: FinetuneConfig, multilabel: bool) -> str:
     """The validation metric that picks ``best.pt``: ``select_metric``, else the headline one."""
-    from ecamp.eval.metrics import DICE_REDUCTIONS
+    from ecamp.eval.tasks import scalar_metric_names
 
     headline = task_metric(cfg.task, multilabel)
     if not cfg.select_metric:
         return headline
-    names = [headline]
-    if cfg.task == "seg":
-        names += [f"dice_{r}" for r in DICE_REDUCTIONS]
-    elif cfg.task == "det":
-        names.append("map_coco" if cfg.det_protocol == "mgca" else "map_mgca")
+    names = scalar_metric_names(cfg.task, headline, cfg.det_protocol)
     if cfg.select_metric not in names:
         raise UserError(
             f"select_metric={cfg.select_metric!r} is not a validation metric of task "
