@@ -77,6 +77,15 @@ def test_phantom_manifest_per_task(world):
         want = (np.asarray(Image.open(world / name)) & bit) > 0
         got = rle_decode(rle, 64, 64) if rle else np.zeros((64, 64), bool)
         assert np.array_equal(got, want), name
+    # the embedded pipeline's segmentation classes (the paper's SIIM and RSNA targets): the union
+    pair, classes = phantom_manifest(world / "manifest.csv", "seg", ["pneumothorax", "opacity"])
+    assert classes == ["pneumothorax", "opacity"]
+    bits = (1 << LESION_CLASSES.index("pneumothorax")) | (1 << LESION_CLASSES.index("opacity"))
+    for rle, name in zip(pair["rle"][:60], raw["mask_classes"][:60]):
+        want = (np.asarray(Image.open(world / name)) & bits) > 0
+        got = rle_decode(rle, 64, 64) if rle else np.zeros((64, 64), bool)
+        assert np.array_equal(got, want), name
+    assert (pair["rle"] != "").sum() > (ptx["rle"] != "").sum()  # opacity adds lesion images
     with pytest.raises(UserError, match="heart"):
         phantom_manifest(world / "manifest.csv", "seg", ["heart"])
 
