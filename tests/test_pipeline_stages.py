@@ -18,6 +18,7 @@ from ecamp.pipeline import (
     collect_rows,
     default_stages,
     load_pipeline,
+    record_result,
     results_table,
     run_stages,
 )
@@ -116,6 +117,31 @@ def test_changed_config_reruns_only_dependent_stages(tmp_path: Path) -> None:
     calls = Calls()
     run_stages(chain(calls, {"a": {"add": 2}, "b": {"add": 5}}), tmp_path)
     assert calls.ran == ["a", "b", "c", "d"]
+
+
+def test_a_moved_run_folder_resumes_from_its_new_place(tmp_path: Path) -> None:
+    # results name files by absolute path; after a move the old path is gone, so a stage that
+    # re-runs would fail to open its input if the skipped stages' results were not rebased
+    first = tmp_path / "first"
+    run_stages(chain(Calls()), first)
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    first.rename(moved)
+    calls = Calls()
+    out = run_stages(chain(calls, {"c": {"add": 10}}), moved)
+    assert calls.ran == ["c"] and statuses(out)["b"] == "skipped"
+    rec = json.loads((moved / "c" / RECORD).read_text())
+    assert rec["result"]["value"] == 2 + 10 and rec["run_dir"] == str(moved.resolve())
+    assert rec["result"]["out"] == str(moved / "c" / "out.txt")
+    # a record of an older ecamp (no run_dir) is read as it is
+    legacy = {"result": {"out": "/old/place/x"}}
+    assert record_result(legacy, moved) == {"out": "/old/place/x"}
+    # only paths inside the old run folder move, not ones that merely share its prefix
+    rec = {"run_dir": "/a/run", "result": {"p": ["/a/run/x", "/a/run2/y", "/a/run"], "n": 3}}
+    assert record_result(rec, moved) == {
+        "p": [str(moved.resolve() / "x"), "/a/run2/y", str(moved.resolve())],
+        "n": 3,
+    }
 
 
 def test_from_forces_that_stage_and_later_ones(tmp_path: Path) -> None:

@@ -95,3 +95,37 @@ def test_show_end_to_end_at_the_tiny_preset(
     # a run folder without checkpoints is one clear error line
     assert main(["pretrain", "show", str(tmp_path / "nothing")]) == 2
     assert "no pre-training checkpoint" in capsys.readouterr().err
+
+
+def test_show_reads_images_beside_a_manifest_that_moved(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the run trained with an absolute data.image_root (as `ecamp run` gives it); the world has
+    # moved since, so the images are found beside the --manifest given, or under --image-root
+    from ecamp.data.synthetic import make_phantom_world
+
+    world, run = tmp_path / "world", tmp_path / "run"
+    make_phantom_world(world, n=24, size=64, seed=0)
+    fast = [
+        f"data.manifest={world / 'manifest.csv'}",
+        f"data.image_root={world}",
+        "train.batch_size=4",
+        "train.max_steps=2",
+        "train.progress=false",
+        "train.tensorboard=false",
+    ]
+    assert main(["pretrain", "--output", str(run), *fast]) == 0
+    moved = tmp_path / "moved"
+    world.rename(moved)
+    capsys.readouterr()
+    args = ["pretrain", "show", str(run), "--n", "2", "--eval-images", "8"]
+    assert main([*args, "--manifest", str(moved / "manifest.csv")]) == 0
+    assert json.loads((run / "mscf_attention.json").read_text())["images"] > 0
+    # a manifest elsewhere with its images under another folder: --image-root names it
+    (tmp_path / "tables").mkdir()
+    table = tmp_path / "tables" / "manifest.csv"
+    table.write_text((moved / "manifest.csv").read_text())
+    assert main([*args, "--manifest", str(table), "--image-root", str(moved)]) == 0
+    capsys.readouterr()
+    assert main([*args, "--manifest", str(table)]) == 2  # its folder holds no images
+    assert "does not exist" in capsys.readouterr().err

@@ -40,6 +40,7 @@ from ecamp.pipeline.engine import (
     is_done,
     plan,
     read_record,
+    record_result,
     resolved_config,
     run_stages,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "load_pipeline",
     "plan",
     "read_record",
+    "record_result",
     "resolved_config",
     "results_table",
     "run",

@@ -28,6 +28,7 @@ import copy
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -209,6 +210,31 @@ def read_record(folder: Path) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) else None
 
 
+def _rebase(value: Any, old: str, new: str) -> Any:
+    """``value`` with every string path under the folder ``old`` moved under ``new``."""
+    if isinstance(value, str):
+        if value == old or value.startswith(old + os.sep):
+            return new + value[len(old) :]
+        return value
+    if isinstance(value, dict):
+        return {k: _rebase(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rebase(v, old, new) for v in value]
+    return value
+
+
+def record_result(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A record's ``result``, its paths inside the run folder moved to where that folder is now.
+
+    Results name files by absolute path (the next stage opens them); a run folder that was
+    moved or copied would otherwise point its later stages at the old place.
+    """
+    result = rec.get("result") or {}
+    old = rec.get("run_dir")
+    new = str(Path(run_dir).resolve())
+    return _rebase(result, old, new) if isinstance(old, str) and old != new else result
+
+
 def is_done(stage: Stage, folder: Path, fingerprint: str) -> bool:
     """Finished with this fingerprint and every declared output still present."""
     rec = read_record(folder)
@@ -353,7 +379,7 @@ def run_stages(
                         "stage %s: its outputs come from another config; used as they are (--only)",
                         s.name,
                     )
-                results[s.name] = rec.get("result") or {}
+                results[s.name] = record_result(rec, run_dir)
             outcomes.append(StageOutcome(s.name, "not-selected", fp))
             continue
         missing = [d for d in s.depends_on if _produces(d, stages) and d not in results]
@@ -362,8 +388,7 @@ def run_stages(
                 f"stage {s.name} needs {missing} done first; run without --only, or --only {missing[0]}"
             )
         if s.name not in forced and is_done(s, folder, fp):
-            rec = read_record(folder) or {}
-            results[s.name] = rec.get("result") or {}
+            results[s.name] = record_result(read_record(folder) or {}, run_dir)
             log.info("stage %s: up to date, skipped", s.name)
             outcomes.append(StageOutcome(s.name, "skipped", fp))
             continue
@@ -377,7 +402,7 @@ def run_stages(
         )
         if rank != 0 and not s.all_ranks:
             rec = _wait_for_record(folder, fp, s.name, started)
-            results[s.name] = rec.get("result") or {}
+            results[s.name] = record_result(rec, run_dir)
             outcomes.append(StageOutcome(s.name, "ran", fp, reason="on rank 0"))
             continue
         if rank == 0:
@@ -412,9 +437,9 @@ def run_stages(
             raise
         seconds = time.perf_counter() - t0
         if rank == 0:
-            _write_record(s, folder, fp, fps, result, seconds)
+            _write_record(s, folder, fp, fps, result, seconds, run_dir)
         else:
-            result = (_wait_for_record(folder, fp, s.name, started).get("result")) or {}
+            result = record_result(_wait_for_record(folder, fp, s.name, started), run_dir)
         results[s.name] = result
         outcomes.append(StageOutcome(s.name, "ran", fp, seconds))
         log.info("stage %s: done in %.1f s", s.name, seconds)
@@ -428,7 +453,13 @@ def _produces(name: str, stages: Sequence[Stage]) -> bool:
 
 
 def _write_record(
-    s: Stage, folder: Path, fp: str, fps: dict[str, str], result: dict[str, Any], seconds: float
+    s: Stage,
+    folder: Path,
+    fp: str,
+    fps: dict[str, str],
+    result: dict[str, Any],
+    seconds: float,
+    run_dir: Path,
 ) -> None:
     from ecamp.utils.io import atomic_write_text
     from ecamp.utils.secrets import mask_secrets
@@ -442,6 +473,7 @@ def _write_record(
         "inputs": {d: fps[d] for d in s.depends_on},
         "config": mask_secrets(s.config),
         "result": result,
+        "run_dir": str(run_dir.resolve()),  # where the result's paths were: see record_result
         "seconds": round(seconds, 3),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -40,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="manifest of the images (default: the run's data.manifest, or its phantom world)",
     )
     parser.add_argument(
+        "--image-root",
+        metavar="DIR",
+        help="folder the manifest's relative image paths resolve against (default: the "
+        "--manifest's folder; without --manifest, the run's data.image_root)",
+    )
+    parser.add_argument(
         "--output",
         "-o",
         metavar="DIR",
@@ -53,7 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of `ecamp pretrain show`."""
     res = show(
-        args.run, args.output, args.n, args.eval_images, args.cols, args.manifest, args.device
+        args.run,
+        args.output,
+        args.n,
+        args.eval_images,
+        args.cols,
+        args.manifest,
+        args.device,
+        image_root=args.image_root,
     )
     print(
         json.dumps(

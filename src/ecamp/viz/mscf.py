@@ -164,6 +164,7 @@ def show(
     cols: int = 4,
     manifest: str | None = None,
     device: str = "auto",
+    image_root: str | None = None,
 ) -> dict[str, Any]:
     """Draw ``n`` (image, entity sentence) MSCF maps of the run in ``run`` and measure the
     attention in the lesion boxes over ``eval_images`` images (held-out splits first).
@@ -185,6 +186,11 @@ def show(
     dev = resolve_device(device)
     model = model.to(dev)
     source = _run_manifest(run, cfg, manifest)
+    if manifest or image_root:
+        # a manifest given here has its own image folder; the run's data.image_root was where
+        # its own manifest lay when it trained (the run folder may have moved since)
+        root = image_root or str(Path(manifest or source).resolve().parent)
+        cfg = {**cfg, "data": {**(cfg.get("data") or {}), "image_root": root}}
     df = _held_out_first(read_table(source))
     pairs = entity_pairs(model, cfg, df, max(n, eval_images), device=dev)
     if not pairs:

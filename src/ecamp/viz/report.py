@@ -373,6 +373,7 @@ def build_report(
                 n=max(1, n_images * 2),
                 manifest=pre["manifest"],
                 device="cpu",
+                image_root=pre.get("image_root") or None,
             )
             png = Path(res["figure"])
             rep.figures.append(png)
