@@ -189,7 +189,7 @@ def show(
     if manifest or image_root:
         # a manifest given here has its own image folder; the run's data.image_root was where
         # its own manifest lay when it trained (the run folder may have moved since)
-        root = image_root or str(Path(manifest or source).resolve().parent)
+        root = image_root or str(Path(source).resolve().parent)  # source is that manifest
         cfg = {**cfg, "data": {**(cfg.get("data") or {}), "image_root": root}}
     df = _held_out_first(read_table(source))
     pairs = entity_pairs(model, cfg, df, max(n, eval_images), device=dev)
